@@ -1,0 +1,405 @@
+"""HIL wire protocol version 1 (docs/protocol.md): frame codec and message payloads. No I/O here.
+
+A frame on the wire is `0x00 | COBS(body) | 0x00`, body = `ver u8 | type u8 | seq u16 | payload | crc32`.
+`encode_frame` builds one, `FrameDecoder` finds frames in a byte stream that may also carry boot-ROM and
+IDF log text, and the dataclasses below turn payloads into named fields and back.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+from cobs import cobs
+
+from .errors import ProtocolError
+
+PROTO_VERSION = 1
+MAX_PAYLOAD = 4096
+HEADER_BYTES = 4
+CRC_BYTES = 4
+NAK_SEQ = 0xFFFF
+MESSAGE_MAX = 200
+
+
+class MsgType(IntEnum):
+    HELLO = 0x01
+    MODEL_BEGIN = 0x10
+    MODEL_CHUNK = 0x11
+    MODEL_END = 0x12
+    INFER = 0x20
+    RESET = 0x30
+    DUMP = 0x40
+    HELLO_ACK = 0x81
+    MODEL_BEGIN_ACK = 0x90
+    CHUNK_ACK = 0x91
+    MODEL_INFO = 0x92
+    RESULT = 0xA0
+    RESET_ACK = 0xB0
+    NAK = 0xE0
+    ERROR = 0xEE
+
+
+class NakReason(IntEnum):
+    BAD_COBS = 1
+    BAD_LENGTH = 2
+    BAD_VERSION = 3
+    BAD_CRC = 4
+
+
+class DeviceErrorCode(IntEnum):
+    BAD_STATE = 1
+    TOO_LARGE = 2
+    SHA_MISMATCH = 3
+    BAD_OFFSET = 4
+    LOAD_FAILED = 5
+    BAD_INPUT_SIZE = 6
+    INVOKE_FAILED = 7
+    UNKNOWN_TYPE = 8
+    BAD_LENGTH = 9
+    STORE_FAILED = 10
+    ARENA_TOO_SMALL = 11
+
+
+class ModelState(IntEnum):
+    NONE = 0
+    LOADED = 1
+    LOAD_FAILED = 2
+
+
+KERNEL_MODES = {0: "unknown", 1: "reference", 2: "esp-nn"}
+TIMING_SOURCES = {0: "device_cycles", 1: "static_estimate"}
+
+RESULT_FLAG_REPEAT = 0x01
+
+
+def type_name(ftype: int) -> str:
+    """`HELLO_ACK` for 0x81; `0x7f` for a type this version does not define."""
+    try:
+        return MsgType(ftype).name
+    except ValueError:
+        return f"0x{ftype:02x}"
+
+
+def max_wire_bytes(max_payload: int = MAX_PAYLOAD) -> int:
+    """Longest wire frame for a payload limit: COBS adds one byte per 254 plus one, and two delimiters."""
+    body = HEADER_BYTES + max_payload + CRC_BYTES
+    return body + body // 254 + 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# Frames
+
+@dataclass(slots=True)
+class Frame:
+    type: int
+    seq: int
+    payload: bytes
+
+    @property
+    def name(self) -> str:
+        return type_name(self.type)
+
+
+def encode_frame(type: int, seq: int, payload: bytes = b"") -> bytes:  # noqa: A002 - the spec's field name
+    """The whole wire frame, both delimiting zeros included."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds the protocol limit of {MAX_PAYLOAD}",
+                            "split the data (model chunks) or check the model's tensor sizes", code="HIL304")
+    head = struct.pack("<BBH", PROTO_VERSION, type, seq & 0xFFFF) + payload
+    body = head + struct.pack("<I", zlib.crc32(head))
+    return b"\x00" + cobs.encode(body) + b"\x00"
+
+
+class FrameDecoder:
+    """Finds frames in a byte stream, in pieces of any size.
+
+    Every maximal run of non-zero bytes is one candidate (docs/protocol.md). Counters:
+    `frames_ok` candidates that were valid frames; `bad_frames` candidates dropped (COBS, length, version
+    or CRC); `garbage_bytes` bytes of dropped candidates (log text, noise, corrupt frames);
+    `bytes_in` every byte fed, so a caller can tell "nothing arrived" from "only garbage arrived" even
+    while a long text line is still waiting for its terminating zero.
+    """
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD):
+        self.max_payload = max_payload
+        self.max_body = HEADER_BYTES + max_payload + CRC_BYTES
+        # The COBS text of the longest body; a longer run cannot be a frame, so it is dropped without
+        # waiting for its zero (keeps memory bounded on a stream of log text).
+        self._max_candidate = max_wire_bytes(max_payload) - 2
+        self._tail = b""
+        self._overflow = False
+        self.frames_ok = 0
+        self.bad_frames = 0
+        self.garbage_bytes = 0
+        self.bytes_in = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes received after the last zero, not yet judged."""
+        return len(self._tail)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self.bytes_in += len(data)
+        parts = data.split(b"\x00")
+        if len(parts) == 1:
+            self._extend(data)
+            return []
+        frames: list[Frame] = []
+        # The first part ends the run carried over from the previous call.
+        if self._overflow:
+            self.garbage_bytes += len(parts[0])
+            self.bad_frames += 1
+        else:
+            first = self._tail + parts[0] if self._tail else parts[0]
+            if first:
+                frame = self._decode(first)
+                if frame is not None:
+                    frames.append(frame)
+        for part in parts[1:-1]:
+            if part:
+                frame = self._decode(part)
+                if frame is not None:
+                    frames.append(frame)
+        self._tail = b""
+        self._overflow = False
+        self._extend(parts[-1])
+        return frames
+
+    def _extend(self, run: bytes) -> None:
+        """Add bytes to the unterminated run; a run too long to be a frame is dropped at once."""
+        if self._overflow:
+            self.garbage_bytes += len(run)
+            return
+        self._tail = self._tail + run if self._tail else run
+        if len(self._tail) > self._max_candidate:
+            self.garbage_bytes += len(self._tail)
+            self._tail = b""
+            self._overflow = True
+
+    def _decode(self, candidate: bytes) -> Frame | None:
+        try:
+            body = cobs.decode(candidate)
+        except cobs.DecodeError:
+            body = None
+        if (body is None or not (HEADER_BYTES + CRC_BYTES <= len(body) <= self.max_body)
+                or body[0] != PROTO_VERSION
+                or zlib.crc32(body[:-CRC_BYTES]) != int.from_bytes(body[-CRC_BYTES:], "little")):
+            self.bad_frames += 1
+            self.garbage_bytes += len(candidate)
+            return None
+        self.frames_ok += 1
+        return Frame(body[1], body[2] | (body[3] << 8), body[HEADER_BYTES:-CRC_BYTES])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Payloads
+
+def _need(payload: bytes, size: int, what: str) -> None:
+    if len(payload) < size:
+        raise ProtocolError(f"{what} payload is {len(payload)} bytes, needs at least {size}",
+                            "the board's firmware and this harness disagree on the protocol: reflash the "
+                            "firmware built from this repository", code="HIL303")
+
+
+def _name_of(table: dict[int, str], value: int) -> str:
+    return table.get(value, f"unknown({value})")
+
+
+def _code_of(table: dict[int, str], name: str) -> int:
+    for code, label in table.items():
+        if label == name:
+            return code
+    return 0
+
+
+_HELLO_FIXED = struct.Struct("<BBBBHHIII32sI")
+
+
+@dataclass
+class Hello:
+    """HELLO_ACK: what the board is and what it holds."""
+
+    proto_version: int
+    kernel_mode: str
+    timing_source: str
+    model_state: int
+    cpu_mhz: int
+    max_payload: int
+    arena_size: int
+    store_capacity: int
+    model_size: int
+    model_sha256: str
+    arena_used: int
+    fw_version: str
+    chip: str
+    build_hash: str
+
+    @property
+    def model_loaded(self) -> bool:
+        return self.model_state == ModelState.LOADED
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Hello:
+        _need(payload, _HELLO_FIXED.size, "HELLO_ACK")
+        (ver, kernel, timing, state, mhz, max_payload, arena, capacity, size, sha,
+         used) = _HELLO_FIXED.unpack_from(payload)
+        strings = []
+        pos = _HELLO_FIXED.size
+        for field_name in ("fw_version", "chip", "build_hash"):
+            _need(payload, pos + 1, f"HELLO_ACK ({field_name} length)")
+            n = payload[pos]
+            _need(payload, pos + 1 + n, f"HELLO_ACK ({field_name})")
+            strings.append(payload[pos + 1:pos + 1 + n].decode("utf-8", "replace"))
+            pos += 1 + n
+        return cls(ver, _name_of(KERNEL_MODES, kernel), _name_of(TIMING_SOURCES, timing), state, mhz,
+                   max_payload, arena, capacity, size, sha.hex(), used, *strings)
+
+    def pack(self) -> bytes:
+        fixed = _HELLO_FIXED.pack(self.proto_version, _code_of(KERNEL_MODES, self.kernel_mode),
+                                  _code_of(TIMING_SOURCES, self.timing_source), self.model_state, self.cpu_mhz,
+                                  self.max_payload, self.arena_size, self.store_capacity, self.model_size,
+                                  bytes.fromhex(self.model_sha256), self.arena_used)
+        out = [fixed]
+        for text in (self.fw_version, self.chip, self.build_hash):
+            raw = text.encode()[:255]
+            out.append(bytes([len(raw)]) + raw)
+        return b"".join(out)
+
+
+_MODEL_INFO = struct.Struct("<IIII32s")
+
+
+@dataclass
+class ModelInfo:
+    """MODEL_INFO after an upload. When the upload was skipped it is built from HELLO_ACK, which does not
+    report tensor sizes: then `input_bytes` and `output_bytes` are None (take them from the Model)."""
+
+    arena_used: int
+    input_bytes: int | None
+    output_bytes: int | None
+    model_size: int
+    sha256: str
+
+    @classmethod
+    def parse(cls, payload: bytes) -> ModelInfo:
+        _need(payload, _MODEL_INFO.size, "MODEL_INFO")
+        used, n_in, n_out, size, sha = _MODEL_INFO.unpack_from(payload)
+        return cls(used, n_in, n_out, size, sha.hex())
+
+    @classmethod
+    def from_hello(cls, hello: Hello) -> ModelInfo:
+        return cls(hello.arena_used, None, None, hello.model_size, hello.model_sha256)
+
+    def pack(self) -> bytes:
+        return _MODEL_INFO.pack(self.arena_used, self.input_bytes or 0, self.output_bytes or 0, self.model_size,
+                                bytes.fromhex(self.sha256))
+
+
+_RESULT_HEAD = struct.Struct("<B3xQQ")
+
+
+@dataclass(slots=True)
+class Inference:
+    """RESULT: one beat's output. `cycles` is what HELLO's timing_source says (device counter or static
+    estimate); `wall_ns` is the platform clock around the same invoke."""
+
+    seq: int
+    flags: int
+    cycles: int
+    wall_ns: int
+    output: bytes
+
+    @property
+    def repeat(self) -> bool:
+        """The device had already answered this seq since the last HELLO (the host resent it)."""
+        return bool(self.flags & RESULT_FLAG_REPEAT)
+
+    @classmethod
+    def parse(cls, payload: bytes, seq: int = 0) -> Inference:
+        _need(payload, _RESULT_HEAD.size, "RESULT")
+        flags, cycles, wall_ns = _RESULT_HEAD.unpack_from(payload)
+        return cls(seq, flags, cycles, wall_ns, payload[_RESULT_HEAD.size:])
+
+    def pack(self) -> bytes:
+        return _RESULT_HEAD.pack(self.flags, self.cycles, self.wall_ns) + self.output
+
+
+_ERROR_HEAD = struct.Struct("<HB")
+
+
+@dataclass
+class DeviceError:
+    """ERROR: the device refused a request."""
+
+    code: int
+    request_type: int
+    message: str
+
+    @property
+    def name(self) -> str:
+        try:
+            return DeviceErrorCode(self.code).name
+        except ValueError:
+            return f"code {self.code}"
+
+    @classmethod
+    def parse(cls, payload: bytes) -> DeviceError:
+        _need(payload, _ERROR_HEAD.size, "ERROR")
+        code, request_type = _ERROR_HEAD.unpack_from(payload)
+        return cls(code, request_type, payload[_ERROR_HEAD.size:].decode("utf-8", "replace"))
+
+    def pack(self) -> bytes:
+        return _ERROR_HEAD.pack(self.code, self.request_type) + self.message.encode()[:MESSAGE_MAX]
+
+
+def parse_chunk_ack(payload: bytes) -> int:
+    """CHUNK_ACK → next_offset (bytes the device has stored so far)."""
+    _need(payload, 4, "CHUNK_ACK")
+    return int.from_bytes(payload[:4], "little")
+
+
+def parse_nak(payload: bytes) -> int:
+    _need(payload, 1, "NAK")
+    return payload[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Request payloads (host → device); the Board applies the seq.
+
+def hello() -> bytes:
+    return b""
+
+
+def model_begin(size: int, sha256: bytes) -> bytes:
+    if len(sha256) != 32:
+        raise ValueError("sha256 must be the 32-byte digest")
+    return struct.pack("<I", size) + sha256
+
+
+def model_chunk(offset: int, data: bytes) -> bytes:
+    return struct.pack("<I", offset) + data
+
+
+def model_end() -> bytes:
+    return b""
+
+
+def infer(input: bytes) -> bytes:  # noqa: A002 - the tensor is the model's input
+    return bytes(input)
+
+
+def reset() -> bytes:
+    return b""
+
+
+# Response payloads (device → host), for test peers and tools.
+
+def chunk_ack(next_offset: int) -> bytes:
+    return struct.pack("<I", next_offset)
+
+
+def nak(reason: int) -> bytes:
+    return bytes([reason])
