@@ -1,0 +1,81 @@
+"""Command line of the virtual board: `python -m harness.virtual` (console script `hil-virtual-board`).
+
+Prints `PORT /dev/pts/N` (and `URL socket://127.0.0.1:P` with --tcp) on stdout once the board has booted,
+then serves until SIGTERM/SIGINT, or until stdin reaches EOF when started with --exit-on-stdin-eof (the
+harness does that, so the board never outlives the process that started it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import HarnessError
+from ..profiles import load_profile
+from .platform import Fault, Platform
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="hil-virtual-board",
+        description="A virtual HIL board: the C device core with TFLM reference kernels on a pty.")
+    parser.add_argument("--profile", default="virtual", help="device profile name or YAML path (default: virtual)")
+    parser.add_argument("--store", type=Path, default=None,
+                        help="model store directory; survives restarts (default: a temporary directory)")
+    parser.add_argument("--throttle", type=int, default=None, metavar="BAUD",
+                        help="pace both directions like a UART at BAUD (10 bits per byte)")
+    parser.add_argument("--tcp", type=int, default=None, metavar="PORT",
+                        help="also accept one TCP client on 127.0.0.1:PORT (0 = any free port)")
+    parser.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                        help="inject a fault: flip-lsb:N or silent-after:N (N = 0-based distinct INFER)")
+    parser.add_argument("--exit-on-stdin-eof", action="store_true",
+                        help="stop when stdin is closed (used when a harness starts the board)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        faults = [Fault.parse(spec) for spec in args.fault]
+    except ValueError as exc:
+        print(f"HIL104 {exc} -- fix: see hil-virtual-board --help", file=sys.stderr)
+        return 2
+    if args.throttle is not None and args.throttle <= 0:
+        print("HIL104 --throttle must be a positive baud rate -- fix: e.g. --throttle 115200", file=sys.stderr)
+        return 2
+    tmp = None
+    try:
+        profile = load_profile(args.profile)
+        store = args.store
+        if store is None:
+            tmp = tempfile.TemporaryDirectory(prefix="hil-virtual-store-")
+            store = Path(tmp.name)
+        from .server import Server
+
+        server = Server(Platform(profile, store, faults), throttle_baud=args.throttle, tcp_port=args.tcp,
+                        watch_stdin=args.exit_on_stdin_eof)
+    except HarnessError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"HIL230 virtual board could not open its port: {exc} -- fix: check --tcp PORT is free",
+              file=sys.stderr)
+        return 1
+    try:
+        server.install_signals()
+        server.boot()
+        print(f"PORT {server.port_path}", flush=True)
+        if server.tcp_url:
+            print(f"URL {server.tcp_url}", flush=True)
+        server.serve()
+    finally:
+        server.close()
+        if tmp is not None:
+            tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
