@@ -1,0 +1,149 @@
+"""Figures computed from a run: classification quality (AAMI Se/+P), anomaly detection, latency statistics.
+
+Pure functions over plain sequences (numpy only), so they can be checked by hand. Every ratio whose
+denominator is zero is `None`, never NaN: results go to JSON, where NaN is not valid, and a reader must
+see "not defined" rather than a number.
+
+Vocabulary (AAMI EC57): Se = sensitivity = recall = TP / (TP + FN); +P = positive predictivity =
+precision = TP / (TP + FP), here named `ppv`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+LATENCY_STATS = ("min", "median", "p90", "p99", "max", "mean")
+
+
+def _ratio(num: int | float, den: int | float) -> float | None:
+    return None if den == 0 else float(num) / float(den)
+
+
+def classification(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict:
+    """Accuracy, macro-F1, per-class Se/+P/F1 and the confusion matrix of one classifier run.
+
+    `labels` fixes the order of the confusion matrix (rows = true class, columns = predicted class).
+    Every value of `y_true` and `y_pred` must be one of `labels`.
+
+    `macro_f1` is the mean F1 over the labels that have support in `y_true` (at least one true beat):
+    a class absent from the test records says nothing about the model, so it neither counts as 0 nor
+    as 1. It is `None` when no label has support (empty run).
+
+    Per class: `se` is None without support, `ppv` is None when the class was never predicted, `f1`
+    (2·TP / (2·TP + FP + FN)) is None only when the class is neither present nor predicted.
+    """
+    labels = list(labels)
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be distinct, got {labels}")
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} values but y_pred has {len(y_pred)}")
+    index = {label: i for i, label in enumerate(labels)}
+    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
+        unknown = sorted(set(values) - set(index))
+        if unknown:
+            raise ValueError(f"{name} holds {unknown}, which are not among the labels {labels}")
+
+    k = len(labels)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    if len(y_true):
+        rows = np.fromiter((index[v] for v in y_true), dtype=np.int64, count=len(y_true))
+        cols = np.fromiter((index[v] for v in y_pred), dtype=np.int64, count=len(y_pred))
+        np.add.at(confusion, (rows, cols), 1)
+
+    n = int(confusion.sum())
+    correct = int(np.trace(confusion))
+    per_class: dict[str, dict] = {}
+    f1_supported: list[float] = []
+    for i, label in enumerate(labels):
+        tp = int(confusion[i, i])
+        support = int(confusion[i, :].sum())
+        predicted = int(confusion[:, i].sum())
+        fn = support - tp
+        fp = predicted - tp
+        f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+        per_class[label] = {
+            "se": _ratio(tp, support),
+            "ppv": _ratio(tp, predicted),
+            "f1": f1,
+            "support": support,
+            "predicted": predicted,
+        }
+        if support > 0:
+            f1_supported.append(f1)  # support > 0 makes the denominator > 0
+
+    return {
+        "accuracy": _ratio(correct, n),
+        "macro_f1": float(np.mean(f1_supported)) if f1_supported else None,
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+        "labels": labels,
+        "n": n,
+    }
+
+
+def latency(values_us: Sequence[float], warmup: int) -> dict:
+    """Statistics of per-invoke times after dropping the first `warmup` values.
+
+    The first invokes pay for caches and lazy allocation, so they are not the model's steady latency.
+    Percentiles are numpy's default (linear interpolation); `median` is the 50th percentile.
+    `warmup` in the result is the number of values actually dropped. The unit is whatever the input is
+    (the same function serves µs and cycles). With nothing left after warm-up, `n` is 0 and every
+    statistic is None.
+    """
+    if warmup < 0:
+        raise ValueError(f"warmup must be ≥ 0, got {warmup}")
+    values = np.asarray(list(values_us), dtype=np.float64)
+    dropped = min(warmup, len(values))
+    kept = values[dropped:]
+    if len(kept) == 0:
+        return {"n": 0, "warmup": dropped, **{stat: None for stat in LATENCY_STATS}}
+    if not np.all(np.isfinite(kept)):
+        raise ValueError("latency values must be finite numbers")
+    p50, p90, p99 = np.percentile(kept, [50, 90, 99])
+    return {
+        "n": int(len(kept)),
+        "warmup": dropped,
+        "min": float(kept.min()),
+        "median": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "max": float(kept.max()),
+        "mean": float(kept.mean()),
+    }
+
+
+def anomaly(errors: Sequence[float], is_normal: Sequence[bool], threshold: float) -> dict:
+    """Detection figures of an autoencoder: a beat is called abnormal when its error > `threshold`.
+
+    The positive class is "abnormal": `se` is the share of abnormal beats detected, `sp` the share of
+    normal beats let through, `ppv` the share of alarms that were abnormal beats.
+    `confusion` is [[TN, FP], [FN, TP]] (rows = true normal/abnormal, columns = called normal/abnormal).
+    """
+    if len(errors) != len(is_normal):
+        raise ValueError(f"errors has {len(errors)} values but is_normal has {len(is_normal)}")
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold}")
+    err = np.asarray(list(errors), dtype=np.float64)
+    if not np.all(np.isfinite(err)):
+        raise ValueError("reconstruction errors must be finite numbers")
+    normal = np.asarray(list(is_normal), dtype=bool)
+    called_abnormal = err > threshold
+    abnormal = ~normal
+
+    tp = int(np.sum(abnormal & called_abnormal))
+    fn = int(np.sum(abnormal & ~called_abnormal))
+    tn = int(np.sum(normal & ~called_abnormal))
+    fp = int(np.sum(normal & called_abnormal))
+    return {
+        "threshold": float(threshold),
+        "n": int(len(err)),
+        "accuracy": _ratio(tp + tn, len(err)),
+        "se": _ratio(tp, tp + fn),
+        "sp": _ratio(tn, tn + fp),
+        "ppv": _ratio(tp, tp + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "confusion": [[tn, fp], [fn, tp]],
+    }

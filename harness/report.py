@@ -1,0 +1,275 @@
+"""Reports of a session: results.json, a JUnit XML file (junitparser) and the terminal table.
+
+Every file is written atomically: into a temporary file in the same directory, then `os.replace`d over
+the target, so a crash or a serialisation bug never leaves a truncated report (CI would read it as a
+broken run or, worse, as fewer tests) and an existing report stays intact until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+from junitparser import Error, Failure, JUnitXml, Properties, Property, TestCase, TestSuite
+
+from . import __version__
+from .errors import ReportError
+from .results import Result
+
+RESULTS_SCHEMA = 1
+
+
+# -- atomic writes ---------------------------------------------------------------------------------------
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call `write(fh)` on a temporary file next to `path`, then move it over `path` in one step.
+
+    Missing parent directories are created. If `write` raises, the temporary file is removed and the
+    exception propagates; `path` is untouched. An unusable directory raises ReportError (HIL601).
+    """
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp makes the file private (0600); reports are artefacts other users and CI must read.
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _unwritable(path, exc) from None
+        raise
+    return path
+
+
+def _unwritable(path: Path, exc: OSError) -> ReportError:
+    why = exc.strerror or type(exc).__name__
+    return ReportError(f"cannot write {path}: {why}",
+                       f"pass an output path in a writable directory, or fix the permissions of {path.parent}",
+                       code="HIL601")
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Fail before a run, not after it, when the reports could not be written (HIL601)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".hil-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _unwritable(folder / "results.json", exc) from None
+
+
+# -- results.json ----------------------------------------------------------------------------------------
+def write_results_json(path: str | os.PathLike, results: Sequence[Result], *, session: dict) -> Path:
+    """Write {"schema", "harness_version", "session", "results"} to `path`, atomically."""
+    document = {
+        "schema": RESULTS_SCHEMA,
+        "harness_version": __version__,
+        "session": session,
+        "results": [result.to_dict() for result in results],
+    }
+
+    def write(fh: IO[bytes]) -> None:
+        text = _TextSink(fh)
+        # allow_nan=False: a NaN must not slip into a file that strict JSON readers reject.
+        json.dump(document, text, indent=2, ensure_ascii=False, allow_nan=False)
+        text.write("\n")
+
+    return atomic_write(path, write)
+
+
+def read_results_json(path: str | os.PathLike) -> tuple[dict, list[Result]]:
+    """Read a results.json written by `write_results_json` → (session, results)."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc.strerror}", "check the path", code="HIL602") from None
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})",
+                          "regenerate it by running the bench again", code="HIL602") from None
+    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
+        raise ReportError(f"{path}: no 'results' list", "regenerate it by running the bench again",
+                          code="HIL602")
+    if document.get("schema") != RESULTS_SCHEMA:
+        raise ReportError(f"{path}: schema {document.get('schema')!r}, this harness reads {RESULTS_SCHEMA}",
+                          "regenerate it with this harness version", code="HIL602")
+    return document.get("session") or {}, [Result.from_dict(item) for item in document["results"]]
+
+
+class _TextSink:
+    """Text adapter over a binary file that writes each JSON chunk as it is produced (no full copy)."""
+
+    def __init__(self, fh: IO[bytes]):
+        self._fh = fh
+
+    def write(self, text: str) -> int:
+        return self._fh.write(text.encode("utf-8"))
+
+
+# -- JUnit -----------------------------------------------------------------------------------------------
+def write_junit(path: str | os.PathLike, results: Sequence[Result], *, suite: str = "hil-bench",
+                merge: bool = True) -> Path:
+    """Write one testcase per result into the test suite `suite` of a JUnit XML file, atomically.
+
+    testcase: classname `hil.<profile>`, name `<model>@<device>`, a <property> per figure
+    (Result.figures()), and a <failure> (status fail) or <error> (status error) with the one-line message.
+    With `merge` and an existing file, its other suites and testcases are kept and a testcase with the
+    same classname and name is replaced, so several sessions (one per board) can share one file.
+    """
+    path = Path(path)
+    xml = _load_junit(path) if merge and path.exists() else JUnitXml()
+    target = next((s for s in xml if s.name == suite), None)
+    if target is None:
+        target = TestSuite(suite)
+        xml.add_testsuite(target)
+
+    new_cases = [_testcase(result) for result in results]
+    new_ids = {(case.classname, case.name) for case in new_cases}
+    for old in list(target):
+        if (old.classname, old.name) in new_ids:
+            target.remove_testcase(old)
+    target.add_testcases(new_cases)
+    xml.update_statistics()
+
+    def write(fh: IO[bytes]) -> None:
+        xml.write(fh)
+
+    return atomic_write(path, write)
+
+
+def _load_junit(path: Path) -> JUnitXml:
+    try:
+        return JUnitXml.fromfile(str(path))
+    except Exception as exc:  # noqa: BLE001 -- XML ParseError, OSError or junitparser's JUnitXmlError
+        raise ReportError(f"cannot merge into {path}: not a JUnit XML file ({exc})",
+                          "delete it or write the JUnit report to another path", code="HIL603") from None
+
+
+def _testcase(result: Result) -> TestCase:
+    wall = result.throughput.get("wall_s")
+    case = TestCase(result.name, f"hil.{result.profile}", time=wall if isinstance(wall, (int, float)) else None)
+    properties = Properties()
+    for name, value in result.figures().items():
+        properties.add_property(Property(name, _property_text(value)))
+    case.append(properties)
+    if result.status == "fail":
+        case.result = [_with_text(Failure(result.failure_line or "failed",
+                                          (result.failure or {}).get("kind")), result)]
+    elif result.status == "error":
+        case.result = [_with_text(Error(result.failure_line or "error",
+                                        (result.failure or {}).get("kind")), result)]
+    return case
+
+
+def _with_text(element: Failure | Error, result: Result) -> Failure | Error:
+    lines = [result.failure_line, *result.regressions]
+    element.text = "\n".join(line for line in lines if line)
+    return element
+
+
+def _property_text(value: str | float | int) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+# -- terminal table --------------------------------------------------------------------------------------
+TABLE_WIDTH = 120
+LEGEND = ("est. = static cost-model estimate, not measured; host wall time is not device latency\n"
+          "p50/p99 unmarked = device cycles ÷ CPU MHz; beats/s = host wall time; "
+          "✗ n = n beats differ from the reference")
+PARTIAL_NOTE = "* = the run stopped early: its figures cover only the verified beats"
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """One plain-text table, model × device, that fits in 120 columns, with a legend line below."""
+    header = ["model", "device", "bit-exact", "acc", "macro-F1", "p50", "p99", "arena", "beats/s", "status"]
+    rows = [_row(result) for result in results]
+    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) if rows else len(header[i])
+              for i in range(len(header))]
+    gap = 2
+    # Long names (socket:// URLs, paths) are the only cells allowed to shrink; cut the longer one first.
+    while sum(widths) + gap * (len(widths) - 1) > TABLE_WIDTH and max(widths[0], widths[1]) > 8:
+        widest = 0 if widths[0] >= widths[1] else 1
+        widths[widest] -= 1
+    numeric = {3, 4, 5, 6, 7, 8}
+
+    def line(cells: list[str]) -> str:
+        out = []
+        for i, cell in enumerate(cells):
+            cell = _clip(cell, widths[i])
+            out.append(cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]))
+        return (" " * gap).join(out).rstrip()
+
+    lines = [line(header), line(["-" * w for w in widths])]
+    lines += [line(row) for row in rows]
+    if not rows:
+        lines.append("(no results)")
+    lines.append(LEGEND)
+    if any(result.partial for result in results):
+        lines.append(PARTIAL_NOTE)
+    return "\n".join(lines)
+
+
+def _row(result: Result) -> list[str]:
+    exact = result.is_bit_exact
+    if exact is None:
+        bit = "–"
+    elif exact:
+        bit = "✓"
+    else:
+        bit = f"✗ {result.bit_exact.get('mismatching_beats', '?')}"
+    accuracy = result.accuracy_value
+    macro_f1 = result.macro_f1_value
+    arena = result.arena_used_bytes
+    beats_per_s = result.throughput.get("beats_per_s")
+    return [
+        result.model,
+        result.device,
+        bit,
+        "–" if accuracy is None else f"{accuracy:.4f}",
+        "–" if macro_f1 is None else f"{macro_f1:.4f}",
+        _latency_cell(result, "median"),
+        _latency_cell(result, "p99"),
+        "–" if arena is None else f"{arena / 1024:.1f} KiB",
+        "–" if beats_per_s is None else f"{beats_per_s:.1f}",
+        _status_cell(result),
+    ]
+
+
+def _latency_cell(result: Result, stat: str) -> str:
+    value = result.latency_us(stat)
+    if value is None:
+        return "–"
+    text = f"{value:,.0f} µs" if value >= 100 else f"{value:.1f} µs"
+    return text + " (est.)" if result.latency_source == "static_estimate" else text
+
+
+def _status_cell(result: Result) -> str:
+    if result.status == "pass":
+        return "pass"
+    kind = (result.failure or {}).get("kind")
+    text = result.status.upper() + (f" {kind}" if kind else "")
+    return text + "*" if result.partial else text
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,249 @@
+"""The Result of one (model × device) bench run: verdict, figures with their source, and provenance.
+
+`harness/bench.py` fills a `Result`; the report writers, the regression gate and the pytest plugin only
+read it. It is plain data (dicts of numbers and strings) so it round-trips through JSON unchanged
+(`to_dict` / `from_dict`), and `figures()` flattens it into named values whose names say where each number
+came from (`..._device_cycles`, `..._static_estimate`, `..._host_wall`).
+
+Shape of each block (keys absent or None when unknown):
+
+- beats: {"total", "verified", "skipped_edge"}
+- bit_exact: {"exact", "mismatching_beats", "max_abs_diff", "first_mismatch": {"beat", "record", "sample",
+  "symbol", "output_index", "device", "reference"} | None, "reference", "cross_check": {"reference",
+  "mismatching_beats", "max_abs_diff", "verdict"} | None}
+- accuracy: metrics.classification(...) for classifiers; {"anomaly": metrics.anomaly(...), "mean_error"}
+  for autoencoders
+- latency: {"source": "device_cycles" | "static_estimate", "cpu_mhz", "cycles": metrics.latency(...),
+  "us": metrics.latency(...)}
+- host_time: {"source": "host_wall", "invoke_us": metrics.latency(...)}
+- throughput: {"source": "host_wall", "beats_per_s", "wall_s"}
+- memory: {"arena_used_bytes", "arena_size_bytes", "model_bytes"}
+- link: {"sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames"}
+- provenance: {"model_sha256", "model_path", "firmware": {"version", "build_hash", "chip", "cpu_mhz",
+  "kernel_mode"}, "reference": {"name", "version", "kernels", "note"}, "cross_reference": {...} | None,
+  "records", "data_dir", "harness_version", "python", "started_at", "finished_at", "profile_path"}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import HarnessError, ReportError
+
+STATUSES = ("pass", "fail", "error")
+TASKS = ("classifier", "autoencoder")
+LATENCY_SOURCES = ("device_cycles", "static_estimate")
+# A verdict about the model (it computed something wrong or worse than before) is a test failure; anything
+# else (link, board, config...) means the bench could not judge the model, which is an error.
+FAILURE_KINDS = ("mismatch", "regression")
+
+# figures() names a latency statistic p50, as CI dashboards do; metrics.latency calls it "median".
+_STAT_NAMES = {"min": "min", "median": "p50", "p90": "p90", "p99": "p99", "max": "max", "mean": "mean"}
+
+
+@dataclass
+class Result:
+    model: str
+    device: str
+    profile: str
+    task: str = "classifier"
+    status: str = "pass"
+    failure: dict | None = None
+    partial: bool = False
+    beats: dict = field(default_factory=dict)
+    bit_exact: dict = field(default_factory=dict)
+    accuracy: dict = field(default_factory=dict)
+    latency: dict = field(default_factory=dict)
+    host_time: dict = field(default_factory=dict)
+    throughput: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)
+    link: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    regressions: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"Result.status must be one of {STATUSES}, got {self.status!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"Result.task must be one of {TASKS}, got {self.task!r}")
+
+    # -- identity and verdict ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """`<model>@<device>`: the test id used in JUnit, the table and regression lines."""
+        return f"{self.model}@{self.device}"
+
+    def set_failure(self, error: HarnessError, *, partial: bool | None = None) -> None:
+        """Record a typed harness error as this run's verdict (fail for mismatch/regression, else error)."""
+        self.failure = {"kind": error.kind, "code": error.code, "message": str(error)}
+        self.status = "fail" if error.kind in FAILURE_KINDS else "error"
+        if partial is not None:
+            self.partial = partial
+
+    @property
+    def failure_line(self) -> str:
+        """The one-line failure message (code, cause, fix), or "" when the run passed."""
+        if not self.failure:
+            return ""
+        return str(self.failure.get("message") or self.failure.get("code") or self.failure.get("kind") or "")
+
+    # -- headline figures used by the table and the gate --------------------------------------------------
+    @property
+    def is_bit_exact(self) -> bool | None:
+        exact = self.bit_exact.get("exact")
+        return None if exact is None else bool(exact)
+
+    @property
+    def accuracy_value(self) -> float | None:
+        """Classifier accuracy, or the anomaly-detection accuracy of an autoencoder."""
+        if self.task == "autoencoder":
+            return (self.accuracy.get("anomaly") or {}).get("accuracy")
+        return self.accuracy.get("accuracy")
+
+    @property
+    def macro_f1_value(self) -> float | None:
+        """Macro-F1 of a classifier; None for an autoencoder (no classes)."""
+        return self.accuracy.get("macro_f1") if self.task == "classifier" else None
+
+    @property
+    def latency_source(self) -> str | None:
+        return self.latency.get("source")
+
+    def latency_us(self, stat: str = "median") -> float | None:
+        """A latency statistic in µs (see metrics.LATENCY_STATS); its source is `latency_source`."""
+        return (self.latency.get("us") or {}).get(stat)
+
+    @property
+    def arena_used_bytes(self) -> int | None:
+        return self.memory.get("arena_used_bytes")
+
+    # -- serialisation -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Result":
+        """Rebuild a Result from `to_dict()` output. Keys this version does not know are ignored."""
+        if not isinstance(data, dict):
+            raise ReportError(f"a result must be a JSON object, got {type(data).__name__}",
+                              "regenerate the results file with this harness", code="HIL602")
+        missing = [key for key in ("model", "device", "profile") if not isinstance(data.get(key), str)]
+        if missing:
+            raise ReportError(f"result is missing text field '{missing[0]}'",
+                              "regenerate the results file with this harness", code="HIL602")
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{key: value for key, value in data.items() if key in known})
+        except (TypeError, ValueError) as exc:
+            raise ReportError(f"result {data['model']}@{data['device']} is not valid: {exc}",
+                              "regenerate the results file with this harness", code="HIL602") from None
+
+    # -- flat figures ----------------------------------------------------------------------------------------
+    def figures(self) -> dict[str, str | float | int]:
+        """Every figure as {name: value}, for JUnit properties and pytest's record_property.
+
+        Names carry the source of measured numbers: `latency_p50_us_device_cycles` or
+        `latency_p50_us_static_estimate`, `host_invoke_p50_us_host_wall`, `beats_per_s_host_wall`.
+        Unknown values (None) are left out rather than written as "None".
+        """
+        out: dict[str, Any] = {
+            "model": self.model, "device": self.device, "profile": self.profile, "task": self.task,
+            "status": self.status, "partial": self.partial,
+        }
+        if self.failure:
+            out["failure_kind"] = self.failure.get("kind")
+            out["failure_code"] = self.failure.get("code")
+        for key in ("total", "verified", "skipped_edge"):
+            out[f"beats_{key}"] = self.beats.get(key)
+
+        be = self.bit_exact
+        out["bit_exact"] = self.is_bit_exact
+        out["mismatching_beats"] = be.get("mismatching_beats")
+        out["max_abs_diff"] = be.get("max_abs_diff")
+        out["reference"] = be.get("reference") or (self.provenance.get("reference") or {}).get("name")
+        cross = be.get("cross_check") or {}
+        out["cross_reference"] = cross.get("reference")
+        out["cross_mismatching_beats"] = cross.get("mismatching_beats")
+        out["cross_max_abs_diff"] = cross.get("max_abs_diff")
+        out["cross_verdict"] = cross.get("verdict")
+
+        self._accuracy_figures(out)
+
+        source = self.latency.get("source")
+        if source:
+            out["latency_source"] = source
+            out["cpu_mhz"] = self.latency.get("cpu_mhz")
+            out[f"latency_n_{source}"] = (self.latency.get("us") or {}).get("n")
+            for unit in ("us", "cycles"):
+                stats = self.latency.get(unit) or {}
+                for stat, short in _STAT_NAMES.items():
+                    out[f"latency_{short}_{unit}_{source}"] = stats.get(stat)
+        host = self.host_time.get("invoke_us") or {}
+        host_source = self.host_time.get("source", "host_wall")
+        for stat, short in _STAT_NAMES.items():
+            out[f"host_invoke_{short}_us_{host_source}"] = host.get(stat)
+        tp_source = self.throughput.get("source", "host_wall")
+        out[f"beats_per_s_{tp_source}"] = self.throughput.get("beats_per_s")
+        out[f"wall_s_{tp_source}"] = self.throughput.get("wall_s")
+
+        for key in ("arena_used_bytes", "arena_size_bytes", "model_bytes"):
+            out[key] = self.memory.get(key)
+        for key in ("sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames"):
+            out[f"link_{key}"] = self.link.get(key)
+
+        prov = self.provenance
+        for key in ("model_sha256", "model_path", "data_dir", "harness_version", "python", "started_at",
+                    "finished_at", "profile_path"):
+            out[key] = prov.get(key)
+        records = prov.get("records")
+        if records:
+            out["records"] = ",".join(str(r) for r in records)
+        for key, value in (prov.get("firmware") or {}).items():
+            out[f"firmware_{key}"] = value
+        ref = prov.get("reference") or {}
+        for key in ("version", "kernels", "note"):
+            out[f"reference_{key}"] = ref.get(key)
+        xref = prov.get("cross_reference") or {}
+        out["cross_reference_version"] = xref.get("version")
+        out["regressions"] = len(self.regressions)
+        return {key: value for key, value in _plain(out).items() if value is not None}
+
+    def _accuracy_figures(self, out: dict[str, Any]) -> None:
+        acc = self.accuracy
+        if self.task == "autoencoder":
+            anomaly = acc.get("anomaly") or {}
+            out["accuracy"] = anomaly.get("accuracy")
+            for key in ("threshold", "se", "sp", "ppv", "f1"):
+                out[f"anomaly_{key}"] = anomaly.get(key)
+            out["mean_error"] = acc.get("mean_error")
+            return
+        out["accuracy"] = acc.get("accuracy")
+        out["macro_f1"] = acc.get("macro_f1")
+        out["n_classified"] = acc.get("n")
+        for label, per in (acc.get("per_class") or {}).items():
+            for key in ("se", "ppv", "f1", "support"):
+                out[f"{key}_{label}"] = per.get(key)
+
+
+def _plain(value: Any) -> Any:
+    """Turn numpy scalars/arrays and tuples into JSON types, and NaN/inf into None (invalid in JSON).
+
+    Anything else unknown is left as is, so json.dump reports it instead of it being silently stringified.
+    """
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):  # also numpy.float64, a float subclass
+        return float(value) if math.isfinite(value) else None
+    # numpy without importing it: scalars have .item(), arrays .tolist()
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):
+        return _plain(value.tolist())
+    return value
