@@ -1,0 +1,271 @@
+"""The bench: one model × one board × MIT-BIH beats × host references → one Result.
+
+Per record: windows are cut and quantized with the model's own input scale and zero point (exactly the
+bytes the device receives), the host references run first (batched), then the beats stream to the board and
+every output is compared on arrival, so progress can show mismatches live. Only one record's inputs are in
+memory at a time; per-beat figures kept for the whole run are a few bytes each.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import __version__, data, metrics
+from .board import Board
+from .errors import HarnessError
+from .model import Model
+from .profiles import Profile
+from .reference import Reference
+from .results import Result
+
+
+@dataclass
+class Progress:
+    """What the live progress line shows."""
+
+    model: str
+    device: str
+    done: int
+    total: int
+    beats_per_s: float
+    mismatches: int
+
+
+@dataclass
+class BenchSpec:
+    mitdb_dir: Path
+    records: Sequence[str]
+    warmup: int = 10
+    max_beats: int | None = None
+
+
+@dataclass
+class _Tally:
+    """Running evidence; updated per beat, small."""
+
+    verified: int = 0
+    mismatching: int = 0
+    max_abs_diff: int = 0
+    first_mismatch: dict | None = None
+    cross_mismatching: int = 0
+    cross_max_abs_diff: int = 0
+    refs_disagree: int = 0
+    refs_max_abs_diff: int = 0
+    cycles: list = field(default_factory=list)
+    wall_ns: list = field(default_factory=list)
+    y_true: list = field(default_factory=list)
+    y_pred: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    is_normal: list = field(default_factory=list)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _count_beats(model: Model, spec: BenchSpec) -> int:
+    total = 0
+    for name in spec.records:
+        total += len(data.beat_windows(data.load_record(spec.mitdb_dir, name), model.window).beats)
+    return total if spec.max_beats is None else min(total, spec.max_beats)
+
+
+def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSpec, reference: Reference,
+        cross_reference: Reference | None = None,
+        on_progress: Callable[[Progress], None] | None = None) -> Result:
+    """Benchmark `model` on `board`; typed failures come back inside the Result (status error, partial)."""
+    started = _now()
+    tally = _Tally()
+    result = Result(model=model.name, device=device, profile=profile.name, task=model.task)
+    result.provenance.update({
+        "model_sha256": model.sha256, "model_path": str(model.path),
+        "reference": _ref_info(reference), "cross_reference": _ref_info(cross_reference),
+        "records": list(spec.records), "data_dir": str(spec.mitdb_dir), "harness_version": __version__,
+        "python": platform.python_version(), "started_at": started, "profile_path": str(profile.path),
+    })
+    result.memory["model_bytes"] = model.size_bytes
+    result.bit_exact["reference"] = reference.name
+    skipped_edge = 0
+    link = dict.fromkeys(("sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames"), 0)
+    t0 = time.perf_counter()
+    hello = None
+    try:
+        hello = board.hello()
+        info, uploaded = board.ensure_model(model.data)
+        result.provenance["firmware"] = {
+            "version": hello.fw_version, "build_hash": hello.build_hash, "chip": hello.chip,
+            "cpu_mhz": hello.cpu_mhz, "kernel_mode": hello.kernel_mode,
+        }
+        result.provenance["model_uploaded"] = uploaded
+        result.memory.update(arena_used_bytes=info.arena_used, arena_size_bytes=hello.arena_size)
+        total = _count_beats(model, spec)
+        result.beats["total"] = total
+        last_report = 0.0
+        for name in spec.records:
+            if spec.max_beats is not None and tally.verified >= spec.max_beats:
+                break
+            windows = data.beat_windows(data.load_record(spec.mitdb_dir, name), model.window)
+            skipped_edge += windows.skipped
+            beats = windows.beats
+            if spec.max_beats is not None:
+                beats = beats[: spec.max_beats - tally.verified]
+            x = data.quantize(windows.x[: len(beats)], model.input.scale, model.input.zero_point)
+            x = x.reshape((len(beats),) + tuple(model.input.shape[1:]))
+            expected = reference.run(x).reshape(len(beats), -1)
+            cross = cross_reference.run(x).reshape(len(beats), -1) if cross_reference else None
+            if cross is not None:
+                diff = np.abs(cross.astype(np.int16) - expected.astype(np.int16))
+                tally.refs_disagree += int(np.count_nonzero(diff.max(axis=1)))
+                tally.refs_max_abs_diff = max(tally.refs_max_abs_diff, int(diff.max(initial=0)))
+            flat = x.reshape(len(beats), -1)
+            base = tally.verified
+
+            def on_result(i: int, inference, *, _beats=beats, _expected=expected, _cross=cross, _base=base,
+                          _x=flat) -> None:
+                nonlocal last_report
+                _compare(tally, model, _beats[i], _base + i, inference, _expected[i],
+                         None if _cross is None else _cross[i], _x[i])
+                now = time.perf_counter()
+                if on_progress and now - last_report > 0.5:
+                    last_report = now
+                    on_progress(Progress(model.name, device, tally.verified, total,
+                                         tally.verified / max(now - t0, 1e-9), tally.mismatching))
+
+            stats = board.infer_stream((row.tobytes() for row in flat), total=len(beats), on_result=on_result)
+            for key in link:
+                link[key] += getattr(stats, key)
+        result.status = "pass"
+    except HarnessError as err:
+        result.status = "error"
+        result.partial = True
+        result.failure = {"kind": err.kind, "code": err.code, "message": str(err)}
+    wall_s = time.perf_counter() - t0
+    if on_progress:
+        on_progress(Progress(model.name, device, tally.verified, result.beats.get("total", 0),
+                             tally.verified / max(wall_s, 1e-9), tally.mismatching))
+    _finish(result, tally, model, hello, spec, wall_s, skipped_edge)
+    result.link = link
+    result.provenance["finished_at"] = _now()
+    if result.status == "pass" and tally.mismatching:
+        first = tally.first_mismatch
+        result.status = "fail"
+        result.failure = {
+            "kind": "mismatch", "code": "HIL501",
+            "message": (f"HIL501 {model.name}@{device}: {tally.mismatching} of {tally.verified} beats differ "
+                        f"from {reference.name} (max |diff| {tally.max_abs_diff}); first at beat {first['beat']} "
+                        f"(record {first['record']}, sample {first['sample']}, output {first['output_index']}: "
+                        f"device {first['device']} vs reference {first['reference']}); "
+                        f"{result.bit_exact['cross_check']['verdict']}"),
+        }
+    return result
+
+
+def _ref_info(ref: Reference | None) -> dict | None:
+    if ref is None:
+        return None
+    return {"name": ref.name, "version": ref.version, "kernels": ref.kernels, "note": ref.note}
+
+
+def _compare(tally: _Tally, model: Model, beat: data.Beat, index: int, inference, expected: np.ndarray,
+             cross: np.ndarray | None, x: np.ndarray) -> None:
+    out = np.frombuffer(inference.output, dtype=np.int8)
+    tally.verified += 1
+    tally.cycles.append(inference.cycles)
+    tally.wall_ns.append(inference.wall_ns)
+    if out.shape != expected.shape:
+        diff = np.array([255])
+    else:
+        diff = np.abs(out.astype(np.int16) - expected.astype(np.int16))
+    if diff.any():
+        tally.mismatching += 1
+        tally.max_abs_diff = max(tally.max_abs_diff, int(diff.max()))
+        if tally.first_mismatch is None:
+            k = int(np.argmax(diff))
+            tally.first_mismatch = {
+                "beat": index, "record": beat.record, "sample": int(beat.sample), "symbol": beat.symbol,
+                "output_index": k, "device": int(out[k]) if k < out.size else None,
+                "reference": int(expected[k]),
+            }
+    if cross is not None and out.shape == cross.shape:
+        cdiff = np.abs(out.astype(np.int16) - cross.astype(np.int16))
+        if cdiff.any():
+            tally.cross_mismatching += 1
+            tally.cross_max_abs_diff = max(tally.cross_max_abs_diff, int(cdiff.max()))
+    if model.task == "classifier":
+        label = model.label_map.get(beat.symbol)
+        if label is not None:
+            tally.y_true.append(label)
+            tally.y_pred.append(model.labels[int(np.argmax(out))])
+    else:
+        # Reconstruction error in the input's real units: both tensors dequantized with their own scales.
+        xin = (x.astype(np.float32) - model.input.zero_point) * model.input.scale
+        xout = (out.astype(np.float32) - model.output.zero_point) * model.output.scale
+        tally.errors.append(float(np.mean((xout - xin) ** 2)))
+        normal = (model.anomaly or {}).get("normal_labels", ["N"])
+        tally.is_normal.append(model.label_map.get(beat.symbol) in normal)
+
+
+def _verdict(ref_name: str, cross_name: str | None, device_vs_ref: int, device_vs_cross: int,
+             refs_disagree: int) -> str:
+    if cross_name is None:
+        return "device == reference" if device_vs_ref == 0 else "device != reference (no cross-check run)"
+    parts = [
+        f"device {'==' if device_vs_cross == 0 else '!='} {cross_name}",
+        f"{cross_name} {'==' if refs_disagree == 0 else '!='} {ref_name}",
+    ]
+    if device_vs_ref and device_vs_cross and not refs_disagree:
+        parts.append("the device differs from both host interpreters: platform or optimized-kernel issue")
+    elif device_vs_ref and not device_vs_cross and refs_disagree:
+        parts.append(f"semantics: {cross_name} and {ref_name} differ; the device follows {cross_name}")
+    return "; ".join(parts)
+
+
+def _finish(result: Result, tally: _Tally, model: Model, hello, spec: BenchSpec, wall_s: float,
+            skipped_edge: int) -> None:
+    result.beats.update(verified=tally.verified, skipped_edge=skipped_edge)
+    if result.beats.get("total") and tally.verified < result.beats["total"]:
+        result.partial = True
+    cross_name = result.provenance["cross_reference"]["name"] if result.provenance.get("cross_reference") else None
+    result.bit_exact.update({
+        "exact": tally.verified > 0 and tally.mismatching == 0,
+        "mismatching_beats": tally.mismatching,
+        "max_abs_diff": tally.max_abs_diff,
+        "first_mismatch": tally.first_mismatch,
+        "cross_check": {
+            "reference": cross_name,
+            "mismatching_beats": tally.cross_mismatching,
+            "max_abs_diff": tally.cross_max_abs_diff,
+            "references_disagree_beats": tally.refs_disagree,
+            "verdict": _verdict(result.bit_exact["reference"], cross_name, tally.mismatching,
+                                tally.cross_mismatching, tally.refs_disagree),
+        },
+    })
+    if model.task == "classifier":
+        result.accuracy = metrics.classification(tally.y_true, tally.y_pred, list(model.labels))
+    else:
+        threshold = float((model.anomaly or {}).get("threshold", 0.0))
+        result.accuracy = {
+            "anomaly": metrics.anomaly(tally.errors, tally.is_normal, threshold),
+            "mean_error": float(np.mean(tally.errors)) if tally.errors else None,
+        }
+    if hello is not None:
+        cycles = np.asarray(tally.cycles, dtype=np.float64)
+        result.latency = {
+            "source": hello.timing_source,
+            "cpu_mhz": hello.cpu_mhz,
+            "cycles": metrics.latency(cycles, spec.warmup),
+            "us": metrics.latency(cycles / hello.cpu_mhz, spec.warmup),
+        }
+        result.host_time = {
+            "source": "host_wall" if hello.timing_source == "static_estimate" else "device_clock",
+            "invoke_us": metrics.latency(np.asarray(tally.wall_ns, dtype=np.float64) / 1e3, spec.warmup),
+        }
+    result.throughput = {"source": "host_wall", "beats_per_s": tally.verified / wall_s if wall_s else None,
+                         "wall_s": wall_s}

@@ -1,0 +1,50 @@
+"""The real-board path: find the port, build the firmware, flash it when the board runs something else.
+
+Sits beside the bench, below the plugin: it returns the port to open, and the plugin opens it like any
+other link. The order keeps a board's time cheap: the firmware is built (or taken from --build-dir) first,
+then the board is asked for its build hash over our own protocol, and esptool only runs when that hash
+differs, which is what makes a self-hosted runner with many boards fast after the first run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .board import Board
+from .build import ensure_build
+from .errors import HarnessError
+from .flash import autodetect_port, flash, needs_flash
+from .profiles import Profile
+from .transport import open_link
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def running_build_hash(port: str, baud: int, timeout_s: float) -> str | None:
+    """The build hash our firmware reports in HELLO, or None when the board does not speak our protocol."""
+    try:
+        with open_link(port, baud) as link:
+            return Board(link, timeout_s=timeout_s).hello(attempts=2).build_hash
+    except HarnessError as err:
+        if err.kind in ("protocol", "timeout"):
+            return None  # other firmware, a boot loop or nothing: flashing is the cure
+        raise
+
+
+def prepare_board(device: str, profile: Profile, *, baud: int, build_dir: str | None = None,
+                  skip_flash: bool = False, log=print) -> str:
+    """Return the port of a board that runs our current firmware (build and flash as needed)."""
+    port = autodetect_port(profile.chip) if device == "auto" else device
+    # Open and close once first: a wrong path, a busy port or a permission problem is named now,
+    # before minutes of building.
+    open_link(port, baud).close()
+    if skip_flash:
+        return port
+    build = ensure_build(profile.chip, firmware_dir=REPO / "firmware", build_root=REPO / "build",
+                         build_dir=build_dir, log=log)
+    current = running_build_hash(port, baud, min(profile.timeout_s, 2.0))
+    if needs_flash(current, build):
+        log(f"flashing {port} ({profile.chip}) with build {build.build_hash or 'unknown'} "
+            f"(board reports {current or 'no HIL firmware'})")
+        flash(port, build, chip=profile.chip, log=log)
+    return port

@@ -1,0 +1,329 @@
+"""pytest plugin: `pytest --device ...` benchmarks every model on every device and gates regressions.
+
+Loaded through the `pytest11` entry point. Options are checked when pytest starts, so a wrong profile,
+model or data directory stops the run with one `ERROR: HILxxx ...` line before anything runs or is written.
+Boards are opened when the first test needs them; a board that cannot be reached ends the session with one
+line and no report. Everything after that (mismatch, regression, a board that stops mid-run) is a test
+failure with one line, and the evidence goes into results.json and junit.xml.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from . import bench, data, gate, report
+from .board import Board
+from .errors import ConfigError, HarnessError
+from .model import Model, check_model, load_registry, load_user_model
+from .profiles import Profile, load_profile
+from .reference import REFERENCES, make_reference
+from .results import Result
+from .transport import open_link
+
+REPO = Path(__file__).resolve().parent.parent
+_SESSION = pytest.StashKey["HilSession"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("hil", "HIL bench: INT8 ECG models on ESP32 boards")
+    g.addoption("--device", action="append", default=None, metavar="DEV",
+                help="board to run on: 'virtual' (default), a port such as /dev/ttyUSB0, a pyserial URL "
+                     "(socket://host:port) or 'auto'; repeat for several boards")
+    g.addoption("--target", default=None, metavar="PROFILE",
+                help="device profile (device_profiles/<name>.yaml or a path); default: 'virtual' for the "
+                     "virtual board, 'esp32' otherwise")
+    g.addoption("--baud", type=int, default=None, help="link baud rate (default: the profile's)")
+    g.addoption("--build-dir", default=None, help="use this prebuilt ESP-IDF build instead of building")
+    g.addoption("--skip-flash", action="store_true", help="never flash; use the firmware the board runs")
+    g.addoption("--model", action="append", default=None, metavar="PATH",
+                help="benchmark this INT8 .tflite (metadata from PATH.yaml or the --model-* flags)")
+    g.addoption("--model-window", default=None, metavar="BEFORE:AFTER[:DECIMATE[:NORMALIZE]]",
+                help="input window of --model, in 360 Hz samples around the R peak")
+    g.addoption("--model-labels", default=None, metavar="N,S,V,F,Q", help="output labels of --model")
+    g.addoption("--model-task", default=None, choices=("classifier", "autoencoder"))
+    g.addoption("--models", default=None, metavar="NAMES",
+                help="comma list of registry models to run (default: all of models/registry.yaml)")
+    g.addoption("--mitdb", default=None, metavar="DIR",
+                help="MIT-BIH Arrhythmia Database directory (default: the records bundled in data/mitdb)")
+    g.addoption("--records", default=None, metavar="LIST",
+                help="records: 'bundled', 'DS1', 'DS2', 'all' or '213,232' (default: bundled, or all with --mitdb)")
+    g.addoption("--max-beats", type=int, default=None, help="stop after this many beats per model")
+    g.addoption("--reference", default="tflite-ref", choices=REFERENCES,
+                help="host interpreter the device must match bit for bit (default tflite-ref = TFLite BUILTIN_REF)")
+    g.addoption("--warmup", type=int, default=10, help="beats left out of latency statistics")
+    g.addoption("--window", type=int, default=None, help="INFER frames in flight (default: the profile's)")
+    g.addoption("--out", default="out", help="directory for results.json and junit.xml (default out/)")
+    g.addoption("--baseline-dir", default=str(REPO / "baselines"), help="committed baselines")
+    g.addoption("--update-baseline", action="store_true", help="rewrite the baselines from this run")
+    g.addoption("--virtual-throttle", action="store_true",
+                help="virtual board: limit the link to the baud rate, like a UART")
+    g.addoption("--virtual-fault", action="append", default=None, metavar="SPEC",
+                help="virtual board fault switch, e.g. flip-lsb:5 (see harness/virtual)")
+
+
+@dataclass
+class DeviceSlot:
+    device: str
+    profile: Profile
+    board: Board | None = None
+    virtual: object | None = None
+    link: object | None = None
+
+
+@dataclass
+class HilSession:
+    """Everything one pytest session benchmarks, validated up front."""
+
+    models: list[Model]
+    slots: list[DeviceSlot]
+    spec: bench.BenchSpec
+    reference: str
+    out_dir: Path
+    baseline_dir: Path
+    update_baseline: bool
+    options: dict
+    results: list[Result] = field(default_factory=list)
+    aborted: str | None = None
+
+    # -- setup ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> "HilSession":
+        opt = config.option
+        devices = opt.device or ["virtual"]
+        slots = []
+        for device in devices:
+            name = opt.target or ("virtual" if device == "virtual" else "esp32")
+            slots.append(DeviceSlot(device=device, profile=load_profile(name)))
+        models = _load_models(opt)
+        for model in models:
+            for slot in slots:
+                check_model(model, slot.profile)
+        mitdb = Path(opt.mitdb) if opt.mitdb else data.BUNDLED_DIR
+        records = data.resolve_records(opt.records or ("all" if opt.mitdb else "bundled"))
+        for name in records:  # fail now, not after an hour of streaming
+            data.load_record(mitdb, name)
+        out_dir = Path(opt.out)
+        report.check_writable(out_dir)
+        baseline_dir = Path(opt.baseline_dir)
+        for slot in slots:  # a malformed baseline is a user mistake: say so before running anything
+            gate.load_baseline(baseline_dir / f"{slot.profile.name}.json")
+        return cls(models=models, slots=slots,
+                   spec=bench.BenchSpec(mitdb_dir=mitdb, records=records, warmup=opt.warmup,
+                                        max_beats=opt.max_beats),
+                   reference=opt.reference, out_dir=out_dir, baseline_dir=baseline_dir,
+                   update_baseline=opt.update_baseline,
+                   options={"baud": opt.baud, "window": opt.window, "build_dir": opt.build_dir,
+                            "skip_flash": opt.skip_flash, "throttle": opt.virtual_throttle,
+                            "faults": tuple(opt.virtual_fault or ())})
+
+    def cases(self) -> list[tuple[Model, DeviceSlot]]:
+        return [(m, s) for s in self.slots for m in self.models]
+
+    # -- boards -----------------------------------------------------------------------------------------
+    def board(self, slot: DeviceSlot) -> Board:
+        if slot.board is None:
+            slot.board = self._connect(slot)
+        return slot.board
+
+    def _connect(self, slot: DeviceSlot) -> Board:
+        profile = slot.profile
+        baud = self.options["baud"] or profile.baud
+        window = self.options["window"] or profile.window
+        if slot.device == "virtual":
+            from .virtual import VirtualBoard
+
+            slot.virtual = VirtualBoard(str(profile.path),
+                                        throttle_baud=baud if self.options["throttle"] else None,
+                                        faults=self.options["faults"])
+            url = slot.virtual.start()
+        else:
+            from .device import prepare_board  # the real-board path: build, flash, reset
+
+            url = prepare_board(slot.device, profile, baud=baud, build_dir=self.options["build_dir"],
+                                skip_flash=self.options["skip_flash"])
+        slot.link = open_link(url, baud)
+        board = Board(slot.link, timeout_s=profile.timeout_s, window=window, name=slot.device)
+        board.hello()  # our firmware answers, at the right baud, before any model is sent
+        return board
+
+    def close(self) -> None:
+        for slot in self.slots:
+            for closer in (slot.board, slot.virtual):
+                try:
+                    if closer is not None:
+                        (closer.close if hasattr(closer, "close") else closer.stop)()
+                except Exception:  # closing is best effort; the run's verdict is already made
+                    pass
+            if slot.virtual is not None:
+                slot.virtual.stop()
+
+    # -- running ----------------------------------------------------------------------------------------
+    def run(self, model: Model, slot: DeviceSlot, progress) -> Result:
+        board = self.board(slot)
+        ref = make_reference(self.reference, model.data, arena_size=1 << 20)
+        cross_name = "tflm" if self.reference != "tflm" else "tflite-ref"
+        cross = make_reference(cross_name, model.data, arena_size=1 << 20)
+        result = bench.run(board, model, slot.profile, slot.device, self.spec, ref, cross, on_progress=progress)
+        baseline = gate.load_baseline(self.baseline_dir / f"{slot.profile.name}.json")
+        if baseline is not None and not self.update_baseline and result.status == "pass":
+            gate.apply(result, gate.check(result, baseline))
+        self.results.append(result)
+        return result
+
+
+def _parse_window(text: str) -> dict:
+    parts = text.split(":")
+    if len(parts) < 2 or len(parts) > 4:
+        raise ConfigError(f"--model-window '{text}' is not BEFORE:AFTER[:DECIMATE[:NORMALIZE]]",
+                          "e.g. --model-window 374:374:4:beat_zscore")
+    try:
+        window = {"before": int(parts[0]), "after": int(parts[1])}
+        if len(parts) > 2:
+            window["decimate"] = int(parts[2])
+    except ValueError:
+        raise ConfigError(f"--model-window '{text}': BEFORE, AFTER and DECIMATE must be integers",
+                          "e.g. --model-window 374:374:4:beat_zscore") from None
+    if len(parts) > 3:
+        window["normalize"] = parts[3]
+    return window
+
+
+def _load_models(opt) -> list[Model]:
+    models: list[Model] = []
+    if opt.model:
+        overrides: dict = {}
+        if opt.model_window:
+            overrides["window"] = _parse_window(opt.model_window)
+        if opt.model_labels:
+            overrides["labels"] = [s.strip() for s in opt.model_labels.split(",") if s.strip()]
+        if opt.model_task:
+            overrides["task"] = opt.model_task
+        models += [load_user_model(Path(p), overrides=overrides) for p in opt.model]
+    if opt.models or not opt.model:
+        names = [n.strip() for n in opt.models.split(",")] if opt.models else None
+        models += load_registry(names=names)
+    return models
+
+
+# -- pytest hooks -----------------------------------------------------------------------------------------
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "hil: a hardware-in-the-loop benchmark case")
+    if config.option.help or getattr(config.option, "collectonly", False) and not config.option.device:
+        return
+    try:
+        config.stash[_SESSION] = HilSession.from_config(config)
+    except HarnessError as err:
+        raise pytest.UsageError(str(err)) from None
+
+
+def _session(config: pytest.Config) -> HilSession | None:
+    return config.stash.get(_SESSION, None)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "hil_case" not in metafunc.fixturenames:
+        return
+    hil = _session(metafunc.config)
+    cases = hil.cases() if hil else []
+    metafunc.parametrize("hil_case", cases, ids=[f"{m.name}@{s.device}" for m, s in cases])
+
+
+@pytest.fixture(scope="session")
+def hil(request: pytest.FixtureRequest) -> HilSession:
+    session = _session(request.config)
+    if session is None:
+        pytest.fail("the HIL plugin is not configured (run without --collect-only)")
+    return session
+
+
+class _ProgressLine:
+    """Live progress in the terminal: overwritten in place on a TTY, a line every 10 s in CI logs."""
+
+    def __init__(self, config: pytest.Config):
+        self.reporter = config.pluginmanager.getplugin("terminalreporter")
+        self.capture = config.pluginmanager.getplugin("capturemanager")
+        self.last_line = 0.0
+        self.tty = bool(getattr(self.reporter, "isatty", False))
+
+    def __call__(self, p: bench.Progress) -> None:
+        if not self.reporter or self.reporter.verbosity < 0:
+            return
+        text = (f"{p.model}@{p.device}: {p.done}/{p.total} beats, {p.beats_per_s:,.0f} beats/s (host wall), "
+                f"{p.mismatches} mismatches")
+        now = time.monotonic()
+        with self.capture.global_and_fixture_disabled() if self.capture else _nullcontext():
+            if self.tty:
+                self.reporter.rewrite("    " + text, erase=True)
+            elif now - self.last_line > 10 or p.done == p.total:
+                self.last_line = now
+                self.reporter.write_line("    " + text)
+
+    def done(self) -> None:
+        if self.tty and self.reporter:
+            self.reporter.rewrite("", erase=True)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def run_case(hil: HilSession, case, request: pytest.FixtureRequest, record_property) -> Result:
+    """Run one (model, device) case and turn its verdict into a one-line pytest outcome."""
+    model, slot = case
+    try:
+        hil.board(slot)
+    except HarnessError as err:
+        # The board cannot be reached or is not ours: a set-up mistake, so one line and no report.
+        hil.aborted = str(err)
+        pytest.exit(str(err), returncode=3)
+    progress = _ProgressLine(request.config)
+    try:
+        result = hil.run(model, slot, progress)
+    finally:
+        progress.done()
+    for name, value in result.figures().items():
+        record_property(name, value)
+    if result.status != "pass":
+        pytest.fail(result.failure["message"], pytrace=False)
+    return result
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    hil = _session(session.config)
+    if hil is None:
+        return
+    try:
+        if hil.aborted or not hil.results:
+            return
+        info = {"exitstatus": int(exitstatus), "reference": hil.reference,
+                "records": list(hil.spec.records), "data_dir": str(hil.spec.mitdb_dir), "cwd": os.getcwd()}
+        report.write_results_json(hil.out_dir / "results.json", hil.results, session=info)
+        report.write_junit(hil.out_dir / "junit.xml", hil.results)
+        if hil.update_baseline:
+            for slot in hil.slots:
+                mine = [r for r in hil.results if r.profile == slot.profile.name]
+                if mine:
+                    gate.update_baseline(hil.baseline_dir / f"{slot.profile.name}.json", mine)
+    finally:
+        hil.close()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    hil = _session(config)
+    if hil is None or not hil.results or hil.aborted:
+        return
+    terminalreporter.section("HIL bench")
+    for line in report.format_table(hil.results).splitlines():
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(f"results: {hil.out_dir / 'results.json'}   junit: {hil.out_dir / 'junit.xml'}")
+    if hil.update_baseline:
+        terminalreporter.write_line(f"baselines updated in {hil.baseline_dir}")
