@@ -1,0 +1,260 @@
+/*
+ * The board's TFLM interpreter. The op resolver holds exactly the ops of firmware/resolver_ops.def (the
+ * list the host checks models against), the tensor arena is reserved once at boot from internal RAM (or
+ * PSRAM when CONFIG_HIL_ARENA_IN_PSRAM), and cycles are the CPU cycle counter read around Invoke() alone,
+ * so tensor copies and protocol work are not in the figure.
+ */
+#include "inference.h"
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <new>
+
+#include "sdkconfig.h"
+#include "esp_cpu.h"
+#include "esp_heap_caps.h"
+
+#include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+#include "tensorflow/lite/schema/schema_generated.h"
+#include "tensorflow/lite/schema/schema_utils.h"
+
+namespace {
+
+// The def file states its own count for MicroMutableOpResolver's template argument; count the lines
+// here as well so an op added without bumping HIL_OP_COUNT fails the build instead of AddXxx() at boot.
+constexpr unsigned kOpsListed = 0
+#define HIL_OP(name, method) +1
+#include "resolver_ops.def"
+#undef HIL_OP
+    ;
+static_assert(kOpsListed == HIL_OP_COUNT, "resolver_ops.def: HIL_OP_COUNT differs from the number of HIL_OP lines");
+
+// TFLM wants 16-byte alignment for the arena; arena_used_bytes() excludes that padding.
+constexpr size_t kArenaAlign = 16;
+
+using Resolver = tflite::MicroMutableOpResolver<HIL_OP_COUNT>;
+Resolver s_resolver;
+bool s_resolver_ready = false;
+
+uint8_t *s_arena = nullptr;
+size_t s_arena_size = 0;
+uint32_t s_arena_caps = 0;
+
+// One interpreter at a time, rebuilt in place for each model: no heap churn between uploads.
+alignas(tflite::MicroInterpreter) unsigned char s_interpreter_storage[sizeof(tflite::MicroInterpreter)];
+tflite::MicroInterpreter *s_interpreter = nullptr;
+
+__attribute__((format(printf, 3, 4))) void say(char *msg, uint32_t cap, const char *fmt, ...)
+{
+    if (msg == nullptr || cap == 0) {
+        return;
+    }
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(msg, cap, fmt, args);
+    va_end(args);
+}
+
+int register_ops()
+{
+#define HIL_OP(name, method)                   \
+    if (s_resolver.method() != kTfLiteOk) {    \
+        return -1;                             \
+    }
+#include "resolver_ops.def"
+#undef HIL_OP
+    return 0;
+}
+
+// Refuse, by name, a model that uses an op the resolver lacks: AllocateTensors would fail too, but only
+// with a log line the host never sees.
+int check_ops(const tflite::Model *model, char *msg, uint32_t cap)
+{
+    const auto *codes = model->operator_codes();
+    if (codes == nullptr) {
+        return 0;
+    }
+    for (uint32_t i = 0; i < codes->size(); ++i) {
+        const tflite::OperatorCode *code = codes->Get(i);
+        const tflite::BuiltinOperator op = tflite::GetBuiltinCode(code);
+        if (op == tflite::BuiltinOperator_CUSTOM) {
+            const char *name = code->custom_code() != nullptr ? code->custom_code()->c_str() : "?";
+            if (s_resolver.FindOp(name) == nullptr) {
+                say(msg, cap, "model needs custom op %s, which this firmware does not register", name);
+                return HIL_E_LOAD_FAILED;
+            }
+        } else if (s_resolver.FindOp(op) == nullptr) {
+            say(msg, cap, "model needs op %s (builtin %d), which is not in this firmware's resolver "
+                "(firmware/resolver_ops.def)", tflite::EnumNameBuiltinOperator(op), static_cast<int>(op));
+            return HIL_E_LOAD_FAILED;
+        }
+    }
+    return 0;
+}
+
+// AllocateTensors failed in the reserved arena. Measure what the model needs with a probe arena taken
+// from the largest free block, so the message can say how much to reserve; the probe is freed at once.
+int explain_allocation_failure(const tflite::Model *model, char *msg, uint32_t cap)
+{
+    const size_t largest = heap_caps_get_largest_free_block(s_arena_caps);
+    if (largest > s_arena_size + kArenaAlign) {
+        uint8_t *probe = static_cast<uint8_t *>(heap_caps_aligned_alloc(kArenaAlign, largest - kArenaAlign,
+                                                                         s_arena_caps));
+        if (probe != nullptr) {
+            auto *trial = new (s_interpreter_storage)
+                tflite::MicroInterpreter(model, s_resolver, probe, largest - kArenaAlign);
+            const bool fits = trial->AllocateTensors() == kTfLiteOk;
+            const size_t needed = fits ? trial->arena_used_bytes() + kArenaAlign : 0;
+            trial->~MicroInterpreter();
+            heap_caps_free(probe);
+            if (fits) {
+                say(msg, cap, "model needs %u bytes of tensor arena, this firmware reserves %u: raise "
+                    "CONFIG_HIL_ARENA_SIZE and the profile's arena_bytes", static_cast<unsigned>(needed),
+                    static_cast<unsigned>(s_arena_size));
+                return HIL_E_ARENA_TOO_SMALL;
+            }
+        }
+    }
+    say(msg, cap, "AllocateTensors failed with a %u-byte arena (largest free block %u): the model needs more "
+        "memory than this board has, or a kernel rejected a tensor", static_cast<unsigned>(s_arena_size),
+        static_cast<unsigned>(largest));
+    return HIL_E_ARENA_TOO_SMALL;
+}
+
+}  // namespace
+
+extern "C" int inference_init(void)
+{
+    if (!s_resolver_ready) {
+        if (register_ops() != 0) {
+            return -1;
+        }
+        s_resolver_ready = true;
+    }
+    if (s_arena != nullptr) {
+        return 0;
+    }
+#if CONFIG_HIL_ARENA_IN_PSRAM
+    s_arena_caps = MALLOC_CAP_SPIRAM | MALLOC_CAP_8BIT;
+#else
+    s_arena_caps = MALLOC_CAP_INTERNAL | MALLOC_CAP_8BIT;
+#endif
+    s_arena = static_cast<uint8_t *>(heap_caps_aligned_alloc(kArenaAlign, CONFIG_HIL_ARENA_SIZE, s_arena_caps));
+    s_arena_size = s_arena != nullptr ? static_cast<size_t>(CONFIG_HIL_ARENA_SIZE) : 0;
+    return s_arena != nullptr ? 0 : -1;
+}
+
+extern "C" uint32_t inference_arena_size(void)
+{
+    return static_cast<uint32_t>(s_arena_size);
+}
+
+extern "C" uint8_t inference_kernel_mode(void)
+{
+#if defined(CONFIG_NN_OPTIMIZED)
+    return HIL_KERNELS_ESP_NN;
+#elif defined(CONFIG_NN_ANSI_C)
+    return HIL_KERNELS_REFERENCE;
+#else
+    return HIL_KERNELS_UNKNOWN;
+#endif
+}
+
+extern "C" void inference_unload(void)
+{
+    if (s_interpreter != nullptr) {
+        s_interpreter->~MicroInterpreter();
+        s_interpreter = nullptr;
+    }
+}
+
+extern "C" int inference_load(const uint8_t *model_data, uint32_t size, hil_model_info_t *info, char *msg,
+                              uint32_t msg_cap)
+{
+    inference_unload();
+    if (!s_resolver_ready || s_arena == nullptr) {
+        say(msg, msg_cap, "firmware could not reserve its %u-byte tensor arena at boot",
+            static_cast<unsigned>(CONFIG_HIL_ARENA_SIZE));
+        return HIL_E_ARENA_TOO_SMALL;
+    }
+
+    // The sha256 proves the bytes are what the host sent, not that the host sent a model.
+    flatbuffers::Verifier verifier(model_data, size);
+    if (!tflite::VerifyModelBuffer(verifier)) {
+        say(msg, msg_cap, "stored %u bytes are not a valid .tflite flatbuffer", static_cast<unsigned>(size));
+        return HIL_E_LOAD_FAILED;
+    }
+    const tflite::Model *model = tflite::GetModel(model_data);
+    if (model->version() != TFLITE_SCHEMA_VERSION) {
+        say(msg, msg_cap, "model schema version %u, this firmware reads %d", static_cast<unsigned>(model->version()),
+            TFLITE_SCHEMA_VERSION);
+        return HIL_E_LOAD_FAILED;
+    }
+    const int rc = check_ops(model, msg, msg_cap);
+    if (rc != 0) {
+        return rc;
+    }
+
+    s_interpreter = new (s_interpreter_storage) tflite::MicroInterpreter(model, s_resolver, s_arena, s_arena_size);
+    if (s_interpreter->AllocateTensors() != kTfLiteOk) {
+        inference_unload();
+        return explain_allocation_failure(model, msg, msg_cap);
+    }
+    if (s_interpreter->inputs_size() != 1 || s_interpreter->outputs_size() != 1) {
+        say(msg, msg_cap, "model has %u inputs and %u outputs; the bench runs one of each",
+            static_cast<unsigned>(s_interpreter->inputs_size()), static_cast<unsigned>(s_interpreter->outputs_size()));
+        inference_unload();
+        return HIL_E_LOAD_FAILED;
+    }
+    const TfLiteTensor *input = s_interpreter->input(0);
+    const TfLiteTensor *output = s_interpreter->output(0);
+    if (input->type != kTfLiteInt8 || output->type != kTfLiteInt8) {
+        say(msg, msg_cap, "model input is %s and output %s; the bench sends and reads INT8",
+            TfLiteTypeGetName(input->type), TfLiteTypeGetName(output->type));
+        inference_unload();
+        return HIL_E_LOAD_FAILED;
+    }
+
+    info->arena_used = static_cast<uint32_t>(s_interpreter->arena_used_bytes());
+    info->input_bytes = static_cast<uint32_t>(input->bytes);
+    info->output_bytes = static_cast<uint32_t>(output->bytes);
+    return 0;
+}
+
+extern "C" int inference_invoke(const uint8_t *input, uint32_t input_len, uint8_t *output, uint32_t output_len,
+                                uint64_t *cycles, char *msg, uint32_t msg_cap)
+{
+    if (s_interpreter == nullptr) {
+        say(msg, msg_cap, "no model loaded");
+        return HIL_E_BAD_STATE;
+    }
+    TfLiteTensor *in = s_interpreter->input(0);
+    if (input_len != in->bytes) {
+        say(msg, msg_cap, "input is %u bytes, the model expects %u", static_cast<unsigned>(input_len),
+            static_cast<unsigned>(in->bytes));
+        return HIL_E_BAD_INPUT_SIZE;
+    }
+    memcpy(in->data.data, input, input_len);
+
+    // The counter is per core and 32 bits wide: the bench task is pinned, and unsigned subtraction is
+    // exact across one wrap (17.9 s at 240 MHz, far beyond any invoke the bench times).
+    const esp_cpu_cycle_count_t start = esp_cpu_get_cycle_count();
+    const TfLiteStatus status = s_interpreter->Invoke();
+    const esp_cpu_cycle_count_t end = esp_cpu_get_cycle_count();
+    *cycles = static_cast<esp_cpu_cycle_count_t>(end - start);
+
+    if (status != kTfLiteOk) {
+        say(msg, msg_cap, "Invoke() failed: a kernel returned an error");
+        return HIL_E_INVOKE_FAILED;
+    }
+    const TfLiteTensor *out = s_interpreter->output(0);
+    if (output_len != out->bytes) {
+        say(msg, msg_cap, "output is %u bytes, the core asked for %u", static_cast<unsigned>(out->bytes),
+            static_cast<unsigned>(output_len));
+        return HIL_E_INVOKE_FAILED;
+    }
+    memcpy(output, out->data.data, output_len);
+    return 0;
+}
