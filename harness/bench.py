@@ -87,7 +87,7 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     result.provenance.update({
         "model_sha256": model.sha256, "model_path": str(model.path),
         "reference": _ref_info(reference), "cross_reference": _ref_info(cross_reference),
-        "records": list(spec.records), "data_dir": str(spec.mitdb_dir), "harness_version": __version__,
+        "records": list(spec.records), "max_beats": spec.max_beats, "data_dir": str(spec.mitdb_dir), "harness_version": __version__,
         "python": platform.python_version(), "started_at": started, "profile_path": str(profile.path),
     })
     result.memory["model_bytes"] = model.size_bytes

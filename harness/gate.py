@@ -46,12 +46,14 @@ class BaselineEntry:
     bit_exact: bool
     model_sha256: str
     updated_at: str
+    dataset: str  # the beats the figures came from, e.g. "213,232,233"; accuracy only compares on the same
 
     def to_dict(self) -> dict:
         return {
             "accuracy": self.accuracy, "macro_f1": self.macro_f1, "latency_p50_us": self.latency_p50_us,
             "latency_source": self.latency_source, "arena_used_bytes": self.arena_used_bytes,
             "bit_exact": self.bit_exact, "model_sha256": self.model_sha256, "updated_at": self.updated_at,
+            "dataset": self.dataset,
         }
 
 
@@ -149,7 +151,7 @@ def _entry(raw: Any, where: str, fail) -> BaselineEntry:
     if not isinstance(raw, dict):
         raise fail(where, "must be an object")
     keys = ("accuracy", "macro_f1", "latency_p50_us", "latency_source", "arena_used_bytes", "bit_exact",
-            "model_sha256", "updated_at")
+            "model_sha256", "updated_at", "dataset")
     for key in keys:
         if key not in raw:
             raise fail(f"{where}.{key}", "is missing")
@@ -174,7 +176,7 @@ def _entry(raw: Any, where: str, fail) -> BaselineEntry:
         raise fail(f"{where}.arena_used_bytes", f"must be an integer ≥ 0 or null, got {arena!r}")
     if not isinstance(raw["bit_exact"], bool):
         raise fail(f"{where}.bit_exact", f"must be true or false, got {raw['bit_exact']!r}")
-    for key in ("model_sha256", "updated_at"):
+    for key in ("model_sha256", "updated_at", "dataset"):
         if not isinstance(raw[key], str):
             raise fail(f"{where}.{key}", f"must be a string, got {raw[key]!r}")
     return BaselineEntry(
@@ -182,11 +184,18 @@ def _entry(raw: Any, where: str, fail) -> BaselineEntry:
         macro_f1=None if raw["macro_f1"] is None else float(raw["macro_f1"]),
         latency_p50_us=None if latency is None else float(latency),
         latency_source=source, arena_used_bytes=arena, bit_exact=raw["bit_exact"],
-        model_sha256=raw["model_sha256"], updated_at=raw["updated_at"])
+        model_sha256=raw["model_sha256"], updated_at=raw["updated_at"], dataset=raw["dataset"])
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def dataset(result: Result) -> str:
+    """Which beats a result's accuracy covers: the records, and the beat limit when one was given."""
+    records = ",".join(result.provenance.get("records") or [])
+    limit = result.provenance.get("max_beats")
+    return f"{records}[:{limit}]" if limit else records
 
 
 # -- checking ----------------------------------------------------------------------------------------------
@@ -210,7 +219,7 @@ def check(result: Result, baseline: Baseline) -> list[Regression]:
 
     for metric, new in (("accuracy", result.accuracy_value), ("macro_f1", result.macro_f1_value)):
         old = getattr(entry, metric)
-        if old is None or new is None:
+        if old is None or new is None or dataset(result) != entry.dataset:
             continue
         limit = old - tol[metric]
         if new < limit - _EPS:
@@ -247,6 +256,9 @@ def explain(result: Result, baseline: Baseline | None) -> list[str]:
     if result.partial:
         return [f"{name}: not compared with the baseline: the run stopped early (partial figures)"]
     notes = []
+    if dataset(result) != entry.dataset:
+        notes.append(f"{name}: accuracy and macro-F1 not compared: baseline beats are {entry.dataset}, "
+                     f"this run's are {dataset(result)}")
     sha = result.provenance.get("model_sha256")
     if sha and entry.model_sha256 and sha != entry.model_sha256:
         notes.append(f"{name}: model changed since the baseline (sha256 {entry.model_sha256[:12]} → {sha[:12]}); "
@@ -327,4 +339,5 @@ def _entry_from(result: Result) -> BaselineEntry:
         bit_exact=bool(result.is_bit_exact),
         model_sha256=str(result.provenance.get("model_sha256") or ""),
         updated_at=str(updated),
+        dataset=dataset(result),
     )

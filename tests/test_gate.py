@@ -12,21 +12,21 @@ SHA = "ab" * 32
 
 
 def make_result(model="cnn1d_beat", *, accuracy=0.9712, macro_f1=0.8123, p50=800.0, source="device_cycles",
-                arena=20480, exact=True, device="virtual", profile="virtual") -> Result:
+                arena=20480, exact=True, device="virtual", profile="virtual", records=("213", "232")) -> Result:
     return Result(
         model=model, device=device, profile=profile,
         bit_exact={"exact": exact, "mismatching_beats": 0 if exact else 4},
         accuracy={"accuracy": accuracy, "macro_f1": macro_f1},
         latency={"source": source, "cpu_mhz": 240, "us": {"n": 10, "median": p50, "p99": p50 * 1.1}},
         memory={"arena_used_bytes": arena},
-        provenance={"model_sha256": SHA, "finished_at": "2025-01-01T00:00:05+00:00"},
+        provenance={"model_sha256": SHA, "finished_at": "2025-01-01T00:00:05+00:00", "records": records},
     )
 
 
 def write_baseline(path, models=None, tolerances=None):
     entry = {"accuracy": 0.9712, "macro_f1": 0.8123, "latency_p50_us": 800.0, "latency_source": "device_cycles",
              "arena_used_bytes": 20480, "bit_exact": True, "model_sha256": SHA,
-             "updated_at": "2025-01-01T00:00:00+00:00"}
+             "updated_at": "2025-01-01T00:00:00+00:00", "dataset": "213,232"}
     document = {"schema": 1, "tolerances": tolerances or dict(gate.DEFAULT_TOLERANCES),
                 "models": models if models is not None else {"cnn1d_beat": entry}}
     path.write_text(json.dumps(document))
@@ -68,7 +68,7 @@ def test_accuracy_boundary(baseline):
 def test_value_at_the_limit_passes_despite_float_noise(tmp_path):
     # 0.5006 - 0.005 is 0.49560000000000004 and 101.6 × 1.05 is 106.67999999999999 in binary floats.
     entry = {"accuracy": 0.5006, "macro_f1": None, "latency_p50_us": 101.6, "latency_source": "device_cycles",
-             "arena_used_bytes": None, "bit_exact": True, "model_sha256": SHA, "updated_at": ""}
+             "arena_used_bytes": None, "bit_exact": True, "model_sha256": SHA, "updated_at": "", "dataset": "213,232"}
     noisy = gate.load_baseline(write_baseline(tmp_path / "noisy.json", models={"cnn1d_beat": entry}))
     assert gate.check(make_result(accuracy=0.4956, p50=106.68), noisy) == []
     assert [r.metric for r in gate.check(make_result(accuracy=0.4955, p50=106.69), noisy)] == [
@@ -228,3 +228,12 @@ def test_update_refuses_to_overwrite_a_malformed_file(tmp_path):
     with pytest.raises(BaselineError, match="HIL611"):
         gate.update_baseline(path, [make_result()])
     assert path.read_text() == "{broken"
+
+
+def test_accuracy_on_other_beats_is_not_compared(baseline):
+    other = make_result(accuracy=0.5, macro_f1=0.3, records=("100",))
+    assert gate.check(other, baseline) == []
+    assert any("not compared" in note and "213,232" in note for note in gate.explain(other, baseline))
+    limited = make_result(accuracy=0.5, records=("213", "232"))
+    limited.provenance["max_beats"] = 50
+    assert gate.check(limited, baseline) == []

@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"HIL230 virtual board could not open its port: {exc} -- fix: check --tcp PORT is free",
-              file=sys.stderr)
+        # Opening the pty or the TCP port is the only I/O here besides the model store directory.
+        where = f"TCP port {args.tcp} or the pty" if args.tcp is not None else "a pty or its model store"
+        print(f"HIL230 virtual board could not open {where}: {exc} -- fix: check that the TCP port is free "
+              "and the --store directory is writable", file=sys.stderr)
         return 1
     try:
         server.install_signals()

@@ -164,7 +164,7 @@ class ModelStore:
 
 def build_hash() -> str:
     """First 16 hex of sha256 over the core library and these Python sources: changes when either does."""
-    digest = hashlib.sha256(hil.library_path().read_bytes())
+    digest = hashlib.sha256(hil.ensure_library().read_bytes())
     for source in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
