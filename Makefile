@@ -25,8 +25,8 @@ lib: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PYTEST) tests/hil --device virtual --out out
 
-## The test suite (unit tests, C core tests, and the HIL suite on the virtual board).
-test: $(VENV)/.installed
+## The test suite (unit and C core tests, recipe smoke runs, the HIL suite on the virtual board).
+test: $(VENV)/.train
 	$(PYTEST)
 
 ## All 48 MIT-BIH records (109,494 beats) from $(MITDB) on the virtual board.

@@ -153,12 +153,10 @@ class HilSession:
 
     def close(self) -> None:
         for slot in self.slots:
-            for closer in (slot.board, slot.virtual):
-                try:
-                    if closer is not None:
-                        (closer.close if hasattr(closer, "close") else closer.stop)()
-                except Exception:  # closing is best effort; the run's verdict is already made
-                    pass
+            if slot.board is not None:
+                slot.board.close()  # and its link
+            elif slot.link is not None:
+                slot.link.close()
             if slot.virtual is not None:
                 slot.virtual.stop()
 
