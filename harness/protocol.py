@@ -37,6 +37,8 @@ class MsgType(IntEnum):
     CHUNK_ACK = 0x91
     MODEL_INFO = 0x92
     RESULT = 0xA0
+    DUMP_TENSOR = 0xA1
+    DUMP_END = 0xA2
     RESET_ACK = 0xB0
     NAK = 0xE0
     ERROR = 0xEE
@@ -355,6 +357,115 @@ class DeviceError:
         return _ERROR_HEAD.pack(self.code, self.request_type) + self.message.encode()[:MESSAGE_MAX]
 
 
+# DUMP (docs/protocol.md): DUMP_TENSOR chunks, reassembled into DumpedTensor, then DUMP_END.
+
+DUMP_INPUT_OP = 0xFFFF  # op_index of the model's input tensor: no op produced it
+# TfLiteType codes (tensorflow/lite/core/c/c_api_types.h) → numpy dtype names.
+TFLITE_TYPES = {1: "float32", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8",
+                10: "float16", 16: "uint32", 17: "uint16"}
+_DUMP_HEAD = struct.Struct("<HHHHBBII")
+DUMP_HEADER_BYTES = _DUMP_HEAD.size  # 18
+
+
+@dataclass(slots=True)
+class DumpChunk:
+    """One DUMP_TENSOR frame: part of tensor `index` of `count`, `data` at `offset` of its `total` bytes."""
+
+    index: int
+    count: int
+    tensor_index: int
+    op_index: int
+    type: int  # noqa: A003 - TfLiteType code, as on the wire
+    total: int
+    offset: int
+    data: bytes
+
+    @classmethod
+    def parse(cls, payload: bytes) -> DumpChunk:
+        _need(payload, _DUMP_HEAD.size, "DUMP_TENSOR")
+        index, count, tensor, op, ttype, _reserved, total, offset = _DUMP_HEAD.unpack_from(payload)
+        data = payload[_DUMP_HEAD.size:]
+        if index >= count or offset + len(data) > total:
+            raise ProtocolError(f"DUMP_TENSOR {index} of {count} carries bytes {offset}..{offset + len(data)} of a "
+                                f"{total}-byte tensor", "reflash the firmware built from this checkout",
+                                code="HIL303")
+        return cls(index, count, tensor, op, ttype, total, offset, data)
+
+    def pack(self) -> bytes:
+        return _DUMP_HEAD.pack(self.index, self.count, self.tensor_index, self.op_index, self.type, 0,
+                               self.total, self.offset) + self.data
+
+
+@dataclass(slots=True)
+class DumpedTensor:
+    """One whole tensor of a device dump, in dump order (the input first, then each op's outputs)."""
+
+    index: int
+    tensor_index: int
+    op_index: int  # DUMP_INPUT_OP for the model input
+    type: int  # noqa: A003 - TfLiteType code
+    data: bytes
+
+    @property
+    def dtype(self) -> str:
+        """numpy dtype name of the tensor's elements, or `tflite_type_<n>` for a type we do not map."""
+        return TFLITE_TYPES.get(self.type, f"tflite_type_{self.type}")
+
+
+class DumpAssembler:
+    """Collects DUMP_TENSOR chunks of one dump (any order, repeats harmless) into DumpedTensor objects."""
+
+    def __init__(self, max_total: int = 16 << 20) -> None:
+        # A tensor can never exceed the device's arena; the cap keeps one bad header (valid CRC, buggy
+        # firmware) from making the host allocate gigabytes.
+        self.max_total = max_total
+        self.count: int | None = None
+        self._meta: dict[int, tuple[int, int, int, int]] = {}  # index → (tensor, op, type, total)
+        self._buf: dict[int, bytearray] = {}
+        self._have: dict[int, set[int]] = {}  # index → offsets received
+        self._got: dict[int, int] = {}  # index → bytes received
+
+    def add(self, chunk: DumpChunk) -> None:
+        if chunk.total > self.max_total or chunk.offset + len(chunk.data) > chunk.total:
+            raise ProtocolError(f"DUMP_TENSOR {chunk.index} claims {chunk.total} bytes (chunk at {chunk.offset}), "
+                                f"more than the device's arena of {self.max_total}",
+                                "reflash the firmware built from this checkout", code="HIL303")
+        if self.count is None:
+            self.count = chunk.count
+        elif chunk.count != self.count:
+            raise ProtocolError(f"DUMP_TENSOR says {chunk.count} tensors, an earlier one said {self.count}",
+                                "reflash the firmware built from this checkout", code="HIL303")
+        meta = (chunk.tensor_index, chunk.op_index, chunk.type, chunk.total)
+        if self._meta.setdefault(chunk.index, meta) != meta:
+            raise ProtocolError(f"DUMP_TENSOR {chunk.index} changed its header between chunks",
+                                "reflash the firmware built from this checkout", code="HIL303")
+        buf = self._buf.setdefault(chunk.index, bytearray(chunk.total))
+        seen = self._have.setdefault(chunk.index, set())
+        if chunk.offset not in seen:
+            seen.add(chunk.offset)
+            buf[chunk.offset:chunk.offset + len(chunk.data)] = chunk.data
+            self._got[chunk.index] = self._got.get(chunk.index, 0) + len(chunk.data)
+
+    def complete(self, count: int) -> bool:
+        """True when tensors 0..count-1 have all their bytes."""
+        if self.count not in (None, count):
+            return False
+        return all(i in self._meta and self._got.get(i, 0) >= self._meta[i][3] for i in range(count))
+
+    def tensors(self) -> list[DumpedTensor]:
+        out = []
+        for i in sorted(self._meta):
+            tensor, op, ttype, _total = self._meta[i]
+            out.append(DumpedTensor(i, tensor, op, ttype, bytes(self._buf[i])))
+        return out
+
+
+def parse_dump_end(payload: bytes) -> int:
+    """DUMP_END → the number of tensors the device sent."""
+    _need(payload, 2, "DUMP_END")
+    return int.from_bytes(payload[:2], "little")
+
+
 def parse_chunk_ack(payload: bytes) -> int:
     """CHUNK_ACK → next_offset (bytes the device has stored so far)."""
     _need(payload, 4, "CHUNK_ACK")
@@ -395,6 +506,10 @@ def reset() -> bytes:
     return b""
 
 
+def dump(input: bytes) -> bytes:  # noqa: A002 - the tensor is the model's input
+    return bytes(input)
+
+
 # Response payloads (device → host), for test peers and tools.
 
 def chunk_ack(next_offset: int) -> bytes:
@@ -403,3 +518,7 @@ def chunk_ack(next_offset: int) -> bytes:
 
 def nak(reason: int) -> bytes:
     return bytes([reason])
+
+
+def dump_end(count: int) -> bytes:
+    return struct.pack("<H", count)

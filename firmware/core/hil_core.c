@@ -5,8 +5,8 @@
  * ESP32 app and the virtual board run exactly this code.
  *
  * Hooks that may be NULL: store_committed (no model is ever found at start-up), clock_ns (wall_ns is 0),
- * reset (RESET is acknowledged only), write (replies are dropped). A NULL store or interpreter hook turns
- * the request that needs it into an ERROR instead of a crash.
+ * reset (RESET is acknowledged only), write (replies are dropped), dump (DUMP is refused as UNKNOWN_TYPE).
+ * A NULL store or interpreter hook turns the request that needs it into an ERROR instead of a crash.
  */
 #include "hil_core.h"
 
@@ -517,6 +517,103 @@ static void on_infer(hil_core_t *core, uint16_t seq, const uint8_t *pl, uint32_t
     send_frame(core, HIL_T_RESULT, seq, RESULT_HEADER_BYTES + core->model.output_bytes);
 }
 
+/* ---- DUMP: every intermediate tensor of one inference ---- */
+
+typedef struct {
+    hil_core_t *core;
+    uint16_t seq;
+    uint16_t count;
+    uint32_t sent; /* tensors sent so far */
+} dump_sink_t;
+
+/* Cuts one tensor into DUMP_TENSOR frames (the header is repeated in each, with the chunk's offset). The
+ * core checks the order itself so the host can rely on `index` and `count` whatever the platform does. */
+static int dump_sink(void *sink_ctx, const hil_dump_tensor_t *tensor)
+{
+    dump_sink_t *d = (dump_sink_t *)sink_ctx;
+    uint8_t *p = tx_payload(d->core);
+    const uint32_t room = HIL_MAX_PAYLOAD - HIL_DUMP_HEADER_BYTES;
+    uint32_t offset = 0;
+
+    if (tensor == NULL || tensor->index != d->sent || tensor->count == 0u || tensor->index >= tensor->count ||
+        (d->sent > 0u && tensor->count != d->count) || (tensor->bytes > 0u && tensor->data == NULL)) {
+        return -1;
+    }
+    d->count = tensor->count;
+    do {
+        uint32_t n = tensor->bytes - offset;
+        if (n > room) {
+            n = room;
+        }
+        put_u16(p, tensor->index);
+        put_u16(p + 2, tensor->count);
+        put_u16(p + 4, tensor->tensor_index);
+        put_u16(p + 6, tensor->op_index);
+        p[8] = tensor->type;
+        p[9] = 0;
+        put_u32(p + 10, tensor->bytes);
+        put_u32(p + 14, offset);
+        if (n > 0u) {
+            memcpy(p + HIL_DUMP_HEADER_BYTES, tensor->data + offset, n);
+        }
+        send_frame(d->core, HIL_T_DUMP_TENSOR, d->seq, HIL_DUMP_HEADER_BYTES + n);
+        offset += n;
+    } while (offset < tensor->bytes);
+    d->sent++;
+    return 0;
+}
+
+static void on_dump(hil_core_t *core, uint16_t seq, const uint8_t *pl, uint32_t n)
+{
+    const hil_port_t *port = core->port;
+    char msg[HIL_MSG_MAX + 1u];
+    dump_sink_t sink;
+    uint8_t *p;
+    int rc;
+    text_t t;
+
+    if (core->model_state != HIL_MODEL_LOADED) {
+        send_error(core, seq, HIL_T_DUMP, HIL_E_BAD_STATE,
+                   core->model_state == HIL_MODEL_NONE ? "no model loaded" : "the stored model failed to load");
+        return;
+    }
+    if (n != core->model.input_bytes) {
+        t = start_text(core);
+        text_add(&t, "input is ");
+        text_add_u32(&t, n);
+        text_add(&t, " bytes, the model expects ");
+        text_add_u32(&t, core->model.input_bytes);
+        send_error_in_place(core, seq, HIL_T_DUMP, HIL_E_BAD_INPUT_SIZE);
+        return;
+    }
+    sink.core = core;
+    sink.seq = seq;
+    sink.count = 0;
+    sink.sent = 0;
+    msg[0] = '\0';
+    /* The request payload lives in core->body, which the sink never touches: no copy of the input. */
+    rc = port->dump(port->ctx, pl, n, dump_sink, &sink, msg, (uint32_t)sizeof msg);
+    if (rc == 0 && (sink.sent == 0u || sink.sent != sink.count)) {
+        t = start_text(core);
+        text_add(&t, "platform dumped ");
+        text_add_u32(&t, sink.sent);
+        text_add(&t, " of ");
+        text_add_u32(&t, sink.count);
+        text_add(&t, " tensors");
+        send_error_in_place(core, seq, HIL_T_DUMP, HIL_E_INVOKE_FAILED);
+        return;
+    }
+    if (rc != 0) {
+        uint16_t code = (rc > 0 && rc <= HIL_E_ARENA_TOO_SMALL) ? (uint16_t)rc : (uint16_t)HIL_E_INVOKE_FAILED;
+        msg[HIL_MSG_MAX] = '\0';
+        send_error(core, seq, HIL_T_DUMP, code, msg[0] != '\0' ? msg : "dump failed (platform gave no reason)");
+        return;
+    }
+    p = tx_payload(core);
+    put_u16(p, (uint16_t)sink.sent);
+    send_frame(core, HIL_T_DUMP_END, seq, 2);
+}
+
 /* Returns 1 when the platform was reset and the caller must not touch the core or the input any more. */
 static int dispatch(hil_core_t *core, uint8_t type, uint16_t seq, const uint8_t *pl, uint32_t n)
 {
@@ -539,6 +636,12 @@ static int dispatch(hil_core_t *core, uint8_t type, uint16_t seq, const uint8_t 
     case HIL_T_INFER:
         on_infer(core, seq, pl, n);
         return 0;
+    case HIL_T_DUMP:
+        if (port->dump == NULL) {
+            break; /* refused below, as any type this device does not handle */
+        }
+        on_dump(core, seq, pl, n);
+        return 0;
     case HIL_T_RESET:
         send_empty(core, HIL_T_RESET_ACK, seq);
         /* Bytes after RESET would be lost on a real board too, so they are dropped even without a hook. */
@@ -547,13 +650,14 @@ static int dispatch(hil_core_t *core, uint8_t type, uint16_t seq, const uint8_t 
         }
         return 1;
     default:
-        t = start_text(core);
-        text_add(&t, "request type 0x");
-        text_add_hex8(&t, type);
-        text_add(&t, type == HIL_T_DUMP ? " (DUMP) is not supported by this firmware" : " is unknown");
-        send_error_in_place(core, seq, type, HIL_E_UNKNOWN_TYPE);
-        return 0;
+        break;
     }
+    t = start_text(core);
+    text_add(&t, "request type 0x");
+    text_add_hex8(&t, type);
+    text_add(&t, type == HIL_T_DUMP ? " (DUMP) is not supported by this firmware" : " is unknown");
+    send_error_in_place(core, seq, type, HIL_E_UNKNOWN_TYPE);
+    return 0;
 }
 
 /* ---- receive ---- */

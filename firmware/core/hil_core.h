@@ -38,6 +38,8 @@ enum {
     HIL_T_CHUNK_ACK = 0x91,
     HIL_T_MODEL_INFO = 0x92,
     HIL_T_RESULT = 0xA0,
+    HIL_T_DUMP_TENSOR = 0xA1,
+    HIL_T_DUMP_END = 0xA2,
     HIL_T_RESET_ACK = 0xB0,
     HIL_T_NAK = 0xE0,
     HIL_T_ERROR = 0xEE
@@ -87,6 +89,24 @@ typedef struct {
     uint32_t store_capacity;
 } hil_device_info_t;
 
+/* DUMP (docs/protocol.md): one tensor of a dump, handed by the platform's dump hook to the core's sink,
+ * which cuts it into DUMP_TENSOR frames. Tensors come in dump order: index 0, 1, ... count - 1. */
+#define HIL_DUMP_INPUT_OP 0xFFFFu /* op_index of the model's input tensor (no op produced it) */
+#define HIL_DUMP_HEADER_BYTES 18u  /* DUMP_TENSOR payload before the data */
+
+typedef struct {
+    uint16_t index;        /* position in this dump */
+    uint16_t count;        /* tensors in this dump; the same for every tensor of one dump */
+    uint16_t tensor_index; /* the tensor's index in the model's (first) subgraph */
+    uint16_t op_index;     /* the op that wrote it, in execution order; HIL_DUMP_INPUT_OP for the input */
+    uint8_t type;          /* TfLiteType: 1 float32, 2 int32, 3 uint8, 7 int16, 9 int8 */
+    const uint8_t *data;
+    uint32_t bytes;
+} hil_dump_tensor_t;
+
+/* Returns 0 when the tensor went out; nonzero (out of order, count changed) means stop dumping. */
+typedef int (*hil_dump_sink_t)(void *sink_ctx, const hil_dump_tensor_t *tensor);
+
 /*
  * Platform hooks. Every int-returning hook returns 0 on success. Hooks get `ctx` back unchanged.
  * model_load and invoke return a HIL_E_* code on failure and may write a message (NUL-terminated) into msg.
@@ -110,6 +130,11 @@ typedef struct {
     uint64_t (*clock_ns)(void *ctx);
     /* Restart the platform after RESET_ACK has been written (may return, e.g. on the virtual board). */
     void (*reset)(void *ctx);
+    /* DUMP: run one inference on `input` keeping every intermediate tensor and pass each tensor, in dump
+     * order, to sink(sink_ctx, ...) before returning. Returns 0, or a HIL_E_* code with a message in msg.
+     * May be NULL (DUMP is then refused as UNKNOWN_TYPE). Kept last so the fields above keep their offsets. */
+    int (*dump)(void *ctx, const uint8_t *input, uint32_t input_len, hil_dump_sink_t sink, void *sink_ctx,
+                char *msg, uint32_t msg_cap);
 } hil_port_t;
 
 typedef struct {

@@ -15,6 +15,7 @@
 #include "esp_cpu.h"
 #include "esp_heap_caps.h"
 
+#include "tensorflow/lite/micro/memory_helpers.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 #include "tensorflow/lite/schema/schema_generated.h"
@@ -45,6 +46,8 @@ uint32_t s_arena_caps = 0;
 // One interpreter at a time, rebuilt in place for each model: no heap churn between uploads.
 alignas(tflite::MicroInterpreter) unsigned char s_interpreter_storage[sizeof(tflite::MicroInterpreter)];
 tflite::MicroInterpreter *s_interpreter = nullptr;
+// The loaded model, kept for DUMP, which rebuilds the interpreter with every tensor preserved.
+const tflite::Model *s_model = nullptr;
 
 __attribute__((format(printf, 3, 4))) void say(char *msg, uint32_t cap, const char *fmt, ...)
 {
@@ -217,6 +220,7 @@ extern "C" int inference_load(const uint8_t *model_data, uint32_t size, hil_mode
         return HIL_E_LOAD_FAILED;
     }
 
+    s_model = model;
     info->arena_used = static_cast<uint32_t>(s_interpreter->arena_used_bytes());
     info->input_bytes = static_cast<uint32_t>(input->bytes);
     info->output_bytes = static_cast<uint32_t>(output->bytes);
@@ -257,4 +261,118 @@ extern "C" int inference_invoke(const uint8_t *input, uint32_t input_len, uint8_
     }
     memcpy(output, out->data.data, output_len);
     return 0;
+}
+
+// ---- DUMP: every intermediate tensor of one inference (docs/protocol.md) ----
+
+namespace {
+
+// Builds the interpreter for s_model in place; preserve = keep every tensor (TFLM then plans no buffer
+// sharing, so the model needs more arena).
+bool build_interpreter(bool preserve)
+{
+    s_interpreter = new (s_interpreter_storage)
+        tflite::MicroInterpreter(s_model, s_resolver, s_arena, s_arena_size, nullptr, nullptr, preserve);
+    if (s_interpreter->AllocateTensors() != kTfLiteOk) {
+        inference_unload();
+        return false;
+    }
+    return true;
+}
+
+int send_tensor(hil_dump_sink_t sink, void *sink_ctx, uint16_t index, uint16_t count, int32_t tensor_index,
+                uint16_t op_index, char *msg, uint32_t msg_cap)
+{
+    const TfLiteEvalTensor *t = s_interpreter->GetTensor(tensor_index);
+    size_t bytes = 0;
+    if (t == nullptr || tflite::TfLiteEvalTensorByteLength(t, &bytes) != kTfLiteOk) {
+        say(msg, msg_cap, "tensor %d has no data to dump", static_cast<int>(tensor_index));
+        return HIL_E_INVOKE_FAILED;
+    }
+    hil_dump_tensor_t out;
+    out.index = index;
+    out.count = count;
+    out.tensor_index = static_cast<uint16_t>(tensor_index);
+    out.op_index = op_index;
+    out.type = static_cast<uint8_t>(t->type);
+    out.data = static_cast<const uint8_t *>(t->data.data);
+    out.bytes = static_cast<uint32_t>(bytes);
+    if (sink(sink_ctx, &out) != 0) {
+        say(msg, msg_cap, "the core refused dump tensor %u", static_cast<unsigned>(index));
+        return HIL_E_INVOKE_FAILED;
+    }
+    return 0;
+}
+
+// Runs the preserved-tensor interpreter on the input and sends the input, then each op's outputs.
+int run_and_send(const uint8_t *input, uint32_t input_len, hil_dump_sink_t sink, void *sink_ctx, char *msg,
+                 uint32_t msg_cap)
+{
+    TfLiteTensor *in = s_interpreter->input(0);
+    if (input_len != in->bytes) {
+        say(msg, msg_cap, "input is %u bytes, the model expects %u", static_cast<unsigned>(input_len),
+            static_cast<unsigned>(in->bytes));
+        return HIL_E_BAD_INPUT_SIZE;
+    }
+    memcpy(in->data.data, input, input_len);
+    if (s_interpreter->Invoke() != kTfLiteOk) {
+        say(msg, msg_cap, "Invoke() failed during DUMP");
+        return HIL_E_INVOKE_FAILED;
+    }
+    const tflite::SubGraph *graph = s_model->subgraphs()->Get(0);
+    const auto *ops = graph->operators();
+    const uint32_t n_ops = ops != nullptr ? ops->size() : 0;
+    uint32_t count = 1;
+    for (uint32_t i = 0; i < n_ops; ++i) {
+        const auto *outs = ops->Get(i)->outputs();
+        for (uint32_t j = 0; outs != nullptr && j < outs->size(); ++j) {
+            count += outs->Get(j) >= 0 ? 1u : 0u;
+        }
+    }
+    if (count > 0xFFFFu || n_ops >= HIL_DUMP_INPUT_OP) {
+        say(msg, msg_cap, "model has %u tensors to dump, the protocol counts up to 65535", static_cast<unsigned>(count));
+        return HIL_E_INVOKE_FAILED;
+    }
+    uint16_t index = 0;
+    int rc = send_tensor(sink, sink_ctx, index++, static_cast<uint16_t>(count), graph->inputs()->Get(0),
+                         static_cast<uint16_t>(HIL_DUMP_INPUT_OP), msg, msg_cap);
+    for (uint32_t i = 0; rc == 0 && i < n_ops; ++i) {
+        const auto *outs = ops->Get(i)->outputs();
+        for (uint32_t j = 0; rc == 0 && outs != nullptr && j < outs->size(); ++j) {
+            if (outs->Get(j) >= 0) {
+                rc = send_tensor(sink, sink_ctx, index++, static_cast<uint16_t>(count), outs->Get(j),
+                                 static_cast<uint16_t>(i), msg, msg_cap);
+            }
+        }
+    }
+    return rc;
+}
+
+}  // namespace
+
+extern "C" int inference_dump(const uint8_t *input, uint32_t input_len, hil_dump_sink_t sink, void *sink_ctx,
+                              char *msg, uint32_t msg_cap)
+{
+    if (s_interpreter == nullptr || s_model == nullptr) {
+        say(msg, msg_cap, "no model loaded");
+        return HIL_E_BAD_STATE;
+    }
+    // The normal interpreter reuses tensor memory between ops, so only the preserving one can report every
+    // tensor. It lives in the same arena for the duration of the DUMP; the normal one is rebuilt after, so
+    // INFER timing is never measured on the preserving layout.
+    s_interpreter->~MicroInterpreter();
+    int rc;
+    if (!build_interpreter(true)) {
+        say(msg, msg_cap, "DUMP keeps every tensor, which needs more than this firmware's %u-byte arena: raise "
+            "CONFIG_HIL_ARENA_SIZE to localise mismatches of this model", static_cast<unsigned>(s_arena_size));
+        rc = HIL_E_ARENA_TOO_SMALL;
+    } else {
+        rc = run_and_send(input, input_len, sink, sink_ctx, msg, msg_cap);
+        s_interpreter->~MicroInterpreter();
+    }
+    if (!build_interpreter(false) && rc == 0) {
+        say(msg, msg_cap, "the model no longer loads after DUMP");
+        rc = HIL_E_LOAD_FAILED;
+    }
+    return rc;
 }

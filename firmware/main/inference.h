@@ -28,6 +28,9 @@ int inference_invoke(const uint8_t *input, uint32_t input_len, uint8_t *output, 
                      uint64_t *cycles, char *msg, uint32_t msg_cap);
 /* Drop the interpreter (before the model's bytes are erased). */
 void inference_unload(void);
+/* DUMP: run the input with every tensor preserved and pass the input, then each op's outputs, to sink. */
+int inference_dump(const uint8_t *input, uint32_t input_len, hil_dump_sink_t sink, void *sink_ctx, char *msg,
+                   uint32_t msg_cap);
 
 #ifdef __cplusplus
 }

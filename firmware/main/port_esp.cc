@@ -176,6 +176,12 @@ int hook_invoke(void *, const uint8_t *input, uint32_t input_len, uint8_t *outpu
     return inference_invoke(input, input_len, output, output_len, cycles, msg, cap);
 }
 
+int hook_dump(void *, const uint8_t *input, uint32_t input_len, hil_dump_sink_t sink, void *sink_ctx, char *msg,
+              uint32_t cap)
+{
+    return inference_dump(input, input_len, sink, sink_ctx, msg, cap);
+}
+
 uint64_t hook_clock_ns(void *)
 {
     // esp_timer counts microseconds since boot.
@@ -217,6 +223,7 @@ extern "C" const hil_port_t *port_esp_init(void)
     s_port.invoke = hook_invoke;
     s_port.clock_ns = hook_clock_ns;
     s_port.reset = hook_reset;
+    s_port.dump = hook_dump;
     return &s_port;
 }
 

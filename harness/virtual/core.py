@@ -118,6 +118,24 @@ CLOCK_NS = ctypes.CFUNCTYPE(ctypes.c_uint64, _vp)
 RESET = ctypes.CFUNCTYPE(None, _vp)
 
 
+class DumpTensor(ctypes.Structure):
+    """hil_dump_tensor_t: one tensor handed to the core's dump sink."""
+
+    _fields_ = [("index", ctypes.c_uint16),
+                ("count", ctypes.c_uint16),
+                ("tensor_index", ctypes.c_uint16),
+                ("op_index", ctypes.c_uint16),
+                ("type", ctypes.c_uint8),
+                ("data", _vp),
+                ("bytes", _u32)]
+
+
+DUMP_SINK = ctypes.CFUNCTYPE(ctypes.c_int, _vp, ctypes.POINTER(DumpTensor))
+# The sink arrives as a plain pointer; the platform casts it to DUMP_SINK to call the core back.
+DUMP = ctypes.CFUNCTYPE(ctypes.c_int, _vp, _vp, _u32, _vp, _vp, _vp, _u32)
+DUMP_INPUT_OP = 0xFFFF
+
+
 class Port(ctypes.Structure):
     _fields_ = [("ctx", _vp),
                 ("info", DeviceInfo),
@@ -130,12 +148,13 @@ class Port(ctypes.Structure):
                 ("model_load", MODEL_LOAD),
                 ("invoke", INVOKE),
                 ("clock_ns", CLOCK_NS),
-                ("reset", RESET)]
+                ("reset", RESET),
+                ("dump", DUMP)]  # last in hil_port_t, like in hil_core.h
 
 
 HOOKS = {"write": WRITE, "store_begin": STORE_BEGIN, "store_write": STORE_WRITE, "store_data": STORE_DATA,
          "store_commit": STORE_COMMIT, "store_committed": STORE_COMMITTED, "model_load": MODEL_LOAD,
-         "invoke": INVOKE, "clock_ns": CLOCK_NS, "reset": RESET}
+         "invoke": INVOKE, "clock_ns": CLOCK_NS, "reset": RESET, "dump": DUMP}
 
 
 def load_library() -> ctypes.CDLL:
@@ -169,7 +188,8 @@ class Core:
     def __init__(self, info: dict, hooks: dict):
         self.lib = load_library()
         self._strings = {key: str(info[key]).encode()[:63] for key in ("fw_version", "chip", "build_hash")}
-        self._callbacks = {name: HOOKS[name](hooks[name]) for name in HOOKS}
+        # A hook the platform does not supply stays NULL, which the core handles (e.g. DUMP refused).
+        self._callbacks = {name: HOOKS[name](hooks[name]) for name in HOOKS if hooks.get(name) is not None}
         self.port = Port()
         self.port.ctx = None
         self.port.info = DeviceInfo(self._strings["fw_version"], self._strings["chip"],

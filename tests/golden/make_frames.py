@@ -26,6 +26,14 @@ def hello_ack() -> bytes:
     return fixed + strings
 
 
+DUMP_INPUT = bytes((i * 3 + 1) & 0xFF for i in range(187))
+
+
+def dump_tensor(index: int, count: int, tensor: int, op: int, ttype: int, total: int, offset: int,
+                data: bytes) -> bytes:
+    return struct.pack("<HHHHBBII", index, count, tensor, op, ttype, 0, total, offset) + data
+
+
 VECTORS = [
     ("hello", 0x01, 0, b""),
     ("hello_seq_max", 0x01, 0xFFFF, b""),
@@ -44,6 +52,11 @@ VECTORS = [
     ("reset_ack", 0xB0, 7, b""),
     ("nak_crc", 0xE0, 0xFFFF, bytes([4])),
     ("error_load", 0xEE, 3, struct.pack("<HB", 5, 0x12) + b"op CONV_3D is not in the firmware's op resolver"),
+    # A two-tensor dump: the model input (no producing op: 0xFFFF) and op 0's 6-byte INT8 output.
+    ("dump", 0x40, 9, DUMP_INPUT),
+    ("dump_tensor_input", 0xA1, 9, dump_tensor(0, 2, 0, 0xFFFF, 9, 187, 0, DUMP_INPUT)),
+    ("dump_tensor", 0xA1, 9, dump_tensor(1, 2, 15, 0, 9, 6, 0, bytes([0x01, 0x00, 0x80, 0x7F, 0xFF, 0x00]))),
+    ("dump_end", 0xA2, 9, struct.pack("<H", 2)),
     ("max_payload", 0x11, 8, struct.pack("<I", 4096) + bytes((i % 255) + 1 for i in range(4092))),
 ]
 

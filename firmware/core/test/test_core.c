@@ -164,6 +164,8 @@ typedef struct {
     uint64_t clock;
     uint64_t clock_step;
     uint32_t resets;
+    uint32_t dump_big;  /* 0: op 0's output is 6 fixed bytes; else that many pattern bytes */
+    int dump_misorder;  /* 1: skip index 1; 2: report count 2 but return after the first tensor */
     uint8_t out[OUT_CAP];
     uint32_t out_len;
 } fake_t;
@@ -289,6 +291,51 @@ static uint64_t fake_clock_ns(void *ctx)
     fake_t *f = (fake_t *)ctx;
     f->clock += 7; /* reading the clock itself costs a little, like a real one */
     return f->clock;
+}
+
+static const uint8_t g_dump_small[6] = {0x01, 0x00, 0x80, 0x7F, 0xFF, 0x00};
+static uint8_t g_dump_pattern[10000];
+
+/* The fake dump: the input as tensor 0 (no producing op), then op 0's output as tensor 15 — the golden
+ * dump_tensor_input and dump_tensor vectors. */
+static int fake_dump(void *ctx, const uint8_t *input, uint32_t input_len, hil_dump_sink_t sink, void *sink_ctx,
+                     char *msg, uint32_t msg_cap)
+{
+    fake_t *f = (fake_t *)ctx;
+    hil_dump_tensor_t t;
+    uint32_t i;
+    t.index = 0;
+    t.count = 2;
+    t.tensor_index = 0;
+    t.op_index = HIL_DUMP_INPUT_OP;
+    t.type = 9;
+    t.data = input;
+    t.bytes = input_len;
+    if (sink(sink_ctx, &t) != 0) {
+        copy_msg(msg, msg_cap, "sink refused the input tensor");
+        return HIL_E_INVOKE_FAILED;
+    }
+    if (f->dump_misorder == 2) {
+        return 0;
+    }
+    t.index = f->dump_misorder == 1 ? 2 : 1;
+    t.tensor_index = 15;
+    t.op_index = 0;
+    if (f->dump_big > 0u) {
+        for (i = 0; i < f->dump_big && i < sizeof g_dump_pattern; i++) {
+            g_dump_pattern[i] = (uint8_t)(i * 7u + (i >> 8));
+        }
+        t.data = g_dump_pattern;
+        t.bytes = f->dump_big;
+    } else {
+        t.data = g_dump_small;
+        t.bytes = sizeof g_dump_small;
+    }
+    if (sink(sink_ctx, &t) != 0) {
+        copy_msg(msg, msg_cap, "sink refused tensor 15");
+        return HIL_E_INVOKE_FAILED;
+    }
+    return 0;
 }
 
 static void fake_reset(void *ctx)
@@ -616,7 +663,7 @@ static void test_golden_dispatch(void)
             device_bound++;
         }
     }
-    CHECK_EQ_U(device_bound, 10);
+    CHECK_EQ_U(device_bound, 11);
 
     v = vec("hello");
     hil_core_feed(&g_core, v->wire, v->wire_len);
@@ -1268,10 +1315,100 @@ static void test_receiver(void)
     CHECK_EQ_U(g_replies[0].seq, 50);
     CHECK_EQ_U(g_fake.resets, 1);
 
-    /* DUMP is reserved and unknown types are refused by name. */
+    /* DUMP without a dump hook, and unknown types, are refused by name. */
     expect_error(HIL_T_DUMP, 60, input, sizeof input, HIL_E_UNKNOWN_TYPE);
     expect_error(0x55, 61, NULL, 0, HIL_E_UNKNOWN_TYPE);
     expect_error(HIL_T_HELLO_ACK, 62, NULL, 0, HIL_E_UNKNOWN_TYPE);
+}
+
+/* Sets up a core holding the golden 5-byte model (input 187 bytes) with the fake dump hook. */
+static void dump_setup(void)
+{
+    static const uint8_t model[5] = {'m', 'o', 'd', 'e', 'l'};
+    fake_setup();
+    memcpy(g_fake.store, model, 5);
+    hil_sha256(model, 5, g_fake.committed_sha);
+    g_fake.committed = 1;
+    g_fake.committed_size = 5;
+    g_port.dump = fake_dump;
+    hil_core_init(&g_core, &g_port);
+}
+
+static void test_dump(void)
+{
+    static uint8_t expected[3 * HIL_MAX_WIRE];
+    static uint8_t whole[10000];
+    const vector_t *v = vec("dump");
+    uint32_t len = 0;
+    uint32_t n;
+    uint32_t i;
+    const char *names[3] = {"dump_tensor_input", "dump_tensor", "dump_end"};
+
+    /* Golden: the request gives exactly the golden tensor frames and DUMP_END, in order, with its seq. */
+    dump_setup();
+    for (i = 0; i < 3u; i++) {
+        const vector_t *r = vec(names[i]);
+        memcpy(expected + len, r->wire, r->wire_len);
+        len += r->wire_len;
+    }
+    g_fake.out_len = 0;
+    hil_core_feed(&g_core, v->wire, v->wire_len);
+    CHECK_EQ_U(g_fake.out_len, len);
+    if (g_fake.out_len != len || memcmp(g_fake.out, expected, len) != 0) {
+        fprintf(stderr, "%s:%d: DUMP reply differs from golden dump_tensor_input/dump_tensor/dump_end\n",
+                __FILE__, __LINE__);
+        g_failures++;
+    }
+    g_fake.out_len = 0;
+
+    /* A tensor larger than a frame is cut into chunks at increasing offsets, each with the full header. */
+    g_fake.dump_big = 10000;
+    n = feed_raw(v->wire, v->wire_len);
+    CHECK_EQ_U(n, 5); /* input, 3 chunks of tensor 15, DUMP_END */
+    memset(whole, 0, sizeof whole);
+    for (i = 1; i < 4u && i < n; i++) {
+        const reply_t *r = &g_replies[i];
+        uint32_t offset = rd32(r->payload + 14);
+        uint32_t chunk = r->len - HIL_DUMP_HEADER_BYTES;
+        CHECK_EQ_U(r->type, HIL_T_DUMP_TENSOR);
+        CHECK_EQ_U(r->seq, 9);
+        CHECK_EQ_U(r->payload[0] | (r->payload[1] << 8), 1);
+        CHECK_EQ_U(r->payload[2] | (r->payload[3] << 8), 2);
+        CHECK_EQ_U(r->payload[4] | (r->payload[5] << 8), 15);
+        CHECK_EQ_U(rd32(r->payload + 10), 10000);
+        CHECK_EQ_U(offset, (i - 1u) * (HIL_MAX_PAYLOAD - HIL_DUMP_HEADER_BYTES));
+        CHECK(r->len <= HIL_MAX_PAYLOAD);
+        if (offset + chunk <= sizeof whole) {
+            memcpy(whole + offset, r->payload + HIL_DUMP_HEADER_BYTES, chunk);
+        }
+    }
+    CHECK(memcmp(whole, g_dump_pattern, sizeof whole) == 0);
+    CHECK_EQ_U(g_replies[4].type, HIL_T_DUMP_END);
+    CHECK_EQ_U(g_replies[4].payload[0], 2);
+    g_fake.dump_big = 0;
+
+    /* A platform that skips an index is stopped by the sink; one that stops early is caught after it. */
+    g_fake.dump_misorder = 1;
+    n = feed_raw(v->wire, v->wire_len);
+    CHECK_EQ_U(n, 2);
+    CHECK_EQ_U(g_replies[0].type, HIL_T_DUMP_TENSOR);
+    CHECK_EQ_U(g_replies[1].type, HIL_T_ERROR);
+    CHECK_EQ_U(g_replies[1].payload[0], HIL_E_INVOKE_FAILED);
+    CHECK(strstr(reply_text(&g_replies[1]), "tensor 15") != NULL);
+    g_fake.dump_misorder = 2;
+    n = feed_raw(v->wire, v->wire_len);
+    CHECK_EQ_U(n, 2);
+    CHECK_EQ_U(g_replies[1].type, HIL_T_ERROR);
+    CHECK(strstr(reply_text(&g_replies[1]), "dumped 1 of 2") != NULL);
+    g_fake.dump_misorder = 0;
+
+    /* Request checks come before the hook: wrong input size, then no model. */
+    expect_error(HIL_T_DUMP, 10, v->payload, 100, HIL_E_BAD_INPUT_SIZE);
+    fake_setup();
+    g_port.dump = fake_dump;
+    hil_core_init(&g_core, &g_port);
+    expect_error(HIL_T_DUMP, 11, v->payload, v->payload_len, HIL_E_BAD_STATE);
+    CHECK_EQ_U(g_core.stats.infers, 0);
 }
 
 static void test_hello_fields(void)
@@ -1329,6 +1466,7 @@ int main(int argc, char **argv)
     test_load_failures();
     test_receiver();
     test_hello_fields();
+    test_dump();
     printf("%d checks, %d failures, sizeof(hil_core_t) = %lu\n", g_checks, g_failures,
            (unsigned long)hil_core_sizeof());
     return g_failures == 0 ? 0 : 1;

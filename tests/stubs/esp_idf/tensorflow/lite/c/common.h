@@ -31,6 +31,18 @@ typedef union TfLitePtrUnion {
     void *data;
 } TfLitePtrUnion;
 
+typedef struct TfLiteIntArray {
+    int size;
+    int data[1];
+} TfLiteIntArray;
+
+// What GetTensor returns: a tensor's data, shape and type during and after Invoke.
+typedef struct TfLiteEvalTensor {
+    TfLitePtrUnion data;
+    TfLiteIntArray *dims;
+    TfLiteType type;
+} TfLiteEvalTensor;
+
 typedef struct TfLiteTensor {
     TfLiteType type;
     TfLitePtrUnion data;

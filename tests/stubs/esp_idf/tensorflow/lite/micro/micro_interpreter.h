@@ -30,6 +30,8 @@ class MicroInterpreter {
     TfLiteTensor *output(size_t index);
     size_t outputs_size() const;
     size_t arena_used_bytes() const;
+    // Valid for every tensor only when constructed with preserve_all_tensors = true.
+    TfLiteEvalTensor *GetTensor(int tensor_index, int subgraph_index = 0);
 };
 
 }  // namespace tflite

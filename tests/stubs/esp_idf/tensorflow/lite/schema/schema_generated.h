@@ -43,9 +43,21 @@ struct OperatorCode {
     BuiltinOperator builtin_code() const;
 };
 
+struct Operator {
+    const flatbuffers::Vector<int32_t> *inputs() const;
+    const flatbuffers::Vector<int32_t> *outputs() const;
+};
+
+struct SubGraph {
+    const flatbuffers::Vector<int32_t> *inputs() const;
+    const flatbuffers::Vector<int32_t> *outputs() const;
+    const flatbuffers::Vector<flatbuffers::Offset<Operator>> *operators() const;
+};
+
 struct Model {
     uint32_t version() const;
     const flatbuffers::Vector<flatbuffers::Offset<OperatorCode>> *operator_codes() const;
+    const flatbuffers::Vector<flatbuffers::Offset<SubGraph>> *subgraphs() const;
 };
 
 const Model *GetModel(const void *buf);
