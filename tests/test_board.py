@@ -262,7 +262,7 @@ def _stream(board, n, **kwargs):
     def on_result(index, inference):
         got.setdefault(index, []).append(inference)
         # Lazy: never more than a window ahead of what has been answered.
-        assert len(consumed) <= index + board.window + 1
+        assert len(consumed) <= index + board.span + 1
 
     stats = board.infer_stream(inputs(), total=n, on_result=on_result, **kwargs)
     return got, stats, consumed
