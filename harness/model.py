@@ -9,6 +9,7 @@ means, and whether the model classifies beats or reconstructs them (an autoencod
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,7 +32,7 @@ ANOMALY_ERRORS = ("mse", "mae")
 # Keys of a registry entry; a sidecar has the same keys minus `file`.
 _ENTRY_KEYS = ("name", "file", "float_file", "task", "labels", "label_map", "window", "card", "recipe",
                "anomaly", "description")
-_WINDOW_KEYS = ("before", "after", "channel", "decimate", "normalize")
+_WINDOW_KEYS = ("before", "after", "channel", "decimate", "normalize", "mask")
 _ANOMALY_KEYS = ("error", "threshold", "normal_labels")
 
 
@@ -136,20 +137,25 @@ def verify_flatbuffer(model_data: bytes, where: str = "model") -> None:
     if not subgraphs:
         raise bad
 
-    def ok(indices, limit: int, optional: bool = False) -> bool:
+    def check(what: str, indices, limit: int, table: str, optional: bool = False) -> None:
+        """An index pointing outside its table is a valid flatbuffer but a model the C++ loaders read out
+        of bounds (TFLM does not check): name the field so the message says what is broken."""
         low = -1 if optional else 0
-        return all(low <= int(i) < limit for i in (indices if indices is not None else []))
+        for i in (indices if indices is not None else []):
+            if not low <= int(i) < limit:
+                raise ModelError(f"{where} is a corrupt TFLite model: {what} refers to {table} {int(i)}, "
+                                 f"but there are {limit}", fix, code="HIL112")
 
-    for graph in subgraphs:
+    for g, graph in enumerate(subgraphs):
         tensors = graph.tensors or []
-        if not (ok(graph.inputs, len(tensors)) and ok(graph.outputs, len(tensors))):
-            raise bad
-        if not all(0 <= t.buffer < max(len(buffers), 1) for t in tensors):
-            raise bad
-        for op in graph.operators or []:
-            if not (0 <= op.opcodeIndex < len(codes) and ok(op.inputs, len(tensors), optional=True)
-                    and ok(op.outputs, len(tensors), optional=True)):
-                raise bad
+        check(f"subgraph {g} input", graph.inputs, len(tensors), "tensor")
+        check(f"subgraph {g} output", graph.outputs, len(tensors), "tensor")
+        for t, tensor in enumerate(tensors):
+            check(f"subgraph {g} tensor {t}", [tensor.buffer], max(len(buffers), 1), "buffer")
+        for k, op in enumerate(graph.operators or []):
+            check(f"subgraph {g} operator {k}", [op.opcodeIndex], len(codes), "operator code")
+            check(f"subgraph {g} operator {k} input", op.inputs, len(tensors), "tensor", optional=True)
+            check(f"subgraph {g} operator {k} output", op.outputs, len(tensors), "tensor", optional=True)
     for buf in buffers:  # buffers stored outside the flatbuffer (models > 2 GB) must lie in the file
         if getattr(buf, "offset", 0) and buf.offset + buf.size > len(model_data):
             raise bad
@@ -260,9 +266,13 @@ def _window(raw: Any, where: str) -> data.WindowSpec:
     if normalize not in data.NORMALIZATIONS:
         raise _meta_error(where, "window.normalize", f"is '{normalize}'",
                           f"use one of {', '.join(data.NORMALIZATIONS)}")
+    mask = raw.get("mask") or "none"
+    if mask not in data.MASKS:
+        raise _meta_error(where, "window.mask", f"is '{mask}'", f"use one of {', '.join(data.MASKS)}")
     spec = data.WindowSpec(before=_int(raw, "before", where), after=_int(raw, "after", where),
                            channel=_int(raw, "channel", where, default=0),
-                           decimate=_int(raw, "decimate", where, default=1, minimum=1), normalize=normalize)
+                           decimate=_int(raw, "decimate", where, default=1, minimum=1), normalize=normalize,
+                           mask=mask)
     if spec.length <= 0:
         raise _meta_error(where, "window", f"covers {spec.before + spec.after} samples, fewer than decimate "
                           f"({spec.decimate})", "make before + after at least decimate")
@@ -515,3 +525,78 @@ def check_model(model: Model, profile: Profile) -> None:
         raise ModelError(f"model {model.name}: an autoencoder must output as many values as it takes "
                          f"({model.input.elements}), but its output has {model.output.elements}",
                          "check the task (classifier?) or the exported model", code="HIL117")
+    need = measure_arena(model.data)
+    if need is not None and need > profile.arena_bytes:
+        raise ModelError(f"model {model.name} needs {need} bytes of tensor arena (TFLM allocation recorder, "
+                         f"host), {profile.name} reserves {profile.arena_bytes} (arena_bytes)",
+                         "shrink the model (fewer filters/units), or raise arena_bytes in the profile and the "
+                         "firmware's CONFIG_HIL_ARENA_SIZE if the board has the RAM", code="HIL119")
+
+
+ARENA_PROBE_TIMEOUT_S = 120.0
+ARENA_CACHE_DIR = REPO_DIR / "build" / "arena"
+
+
+@lru_cache(maxsize=32)
+def measure_arena(model_data: bytes) -> int | None:
+    """Bytes of tensor arena TFLM allocates for the model, from its allocation recorder on the host; None
+    when it could not be measured (the device then reports any shortfall itself).
+
+    The measurement is the virtual board's load probe (harness/virtual/probe.py), run as a program in a
+    child process: TFLM can crash the process on an odd model, and running it by module name keeps this
+    layer from importing the board's. It is given a 1-byte firmware arena so that it stops right after its
+    "measure" step (measured in an arena of at least 1 MiB) instead of also loading and invoking.
+    A probe takes a second or two, and every bench run checks every model, so figures are kept in
+    build/arena/, keyed by the model's sha256 and the TFLM version.
+    """
+    import json
+
+    cache = ARENA_CACHE_DIR / f"{hashlib.sha256(model_data).hexdigest()}-{_tflm_version()}.json"
+    try:
+        return int(json.loads(cache.read_text())["arena_used"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    used = _probe_arena(model_data)
+    if used is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"arena_used": used}))
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a read-only checkout only loses the cache
+    return used
+
+
+def _tflm_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("tflite_micro")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _probe_arena(model_data: bytes) -> int | None:
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hil-arena-") as tmp:
+        path = Path(tmp) / "model.tflite"
+        path.write_bytes(model_data)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "harness.virtual.probe", "--no-op-check",
+                                   "--arena", "1", str(path)], capture_output=True, text=True,
+                                  timeout=ARENA_PROBE_TIMEOUT_S, cwd=str(REPO_DIR))
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    for line in proc.stdout.splitlines():
+        try:
+            step = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(step, dict) and step.get("step") == "measure":
+            return int(step["arena_used"])
+    return None

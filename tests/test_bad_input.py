@@ -21,11 +21,14 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 
 
-def run_bench(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_bench(tmp_path: Path, *args: str, timeout: float = 120, env_extra: dict | None = None
+              ) -> subprocess.CompletedProcess:
     out = tmp_path / "out"
+    models = () if "--model" in args else ("--models", "cnn1d_beat")  # one registry model keeps it short
     cmd = [sys.executable, "-m", "pytest", str(REPO / "tests" / "hil"), "-q",
-           "--out", str(out), "--max-beats", "20", *args]
+           "--out", str(out), "--max-beats", "20", *models, *args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(env_extra or {})
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -136,3 +139,169 @@ def test_unwritable_output_dir(tmp_path):
     blocker.write_text("not a directory")
     proc = run_bench(tmp_path, "--out", str(blocker / "out"))
     assert_one_line_failure(proc, tmp_path, "HIL601")
+
+
+# --- the rest of the catalogue (docs/errors.md) ------------------------------------------------------------
+# Cases that are not about the model run one small fixture model, so they do not depend on the registry.
+CONV = str(FIXTURES / "conv_int8.tflite")
+BUNDLED = REPO / "data" / "mitdb"
+
+
+def test_permission_denied_names_the_group_to_join(tmp_path):
+    """Root is never denied, so a plugin makes pyserial's open fail with EACCES as it does for a user
+    outside the device's group; everything else is the real command line path."""
+    from harness.transport import device_group
+
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    try:
+        group = device_group(path)
+        proc = run_bench(tmp_path, "--device", path, "--skip-flash", "--model", CONV, "-p", "deny_serial",
+                         env_extra={"PYTHONPATH": str(FIXTURES)})
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert group
+    assert_one_line_failure(proc, tmp_path, "HIL202", "permission denied", path, f"group '{group}'",
+                            f"usermod -aG {group} $USER")
+
+
+def _pty_peer(answer) -> tuple[str, threading.Event, threading.Thread, int, int]:
+    """A pty whose other end answers whatever the harness sends with `answer(data)`."""
+    import select
+
+    master, slave = os.openpty()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                ready, _, _ = select.select([master], [], [], 0.05)
+                if ready:
+                    os.write(master, answer(os.read(master, 4096)))
+            except OSError:
+                return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return os.ttyname(slave), stop, thread, master, slave
+
+
+def test_board_running_micropython(tmp_path):
+    """Other firmware on the board (a MicroPython REPL echoing a prompt) is named, not a bare timeout."""
+    path, stop, thread, master, slave = _pty_peer(lambda data: b"\r\nTraceback (most recent call last):\r\n"
+                                                  b"SyntaxError: invalid syntax\r\n>>> ")
+    try:
+        proc = run_bench(tmp_path, "--device", path, "--skip-flash", "--model", CONV)
+    finally:
+        stop.set()
+        thread.join(2)
+        os.close(master)
+        os.close(slave)
+    assert_one_line_failure(proc, tmp_path, "HIL301", "no HIL frame", "other firmware")
+
+
+def test_arena_too_small_for_the_model(tmp_path):
+    profile = (REPO / "device_profiles" / "virtual.yaml").read_text()
+    assert "arena_bytes: 131072" in profile
+    small = tmp_path / "small_arena.yaml"
+    small.write_text(profile.replace("arena_bytes: 131072", "arena_bytes: 1024").replace("name: virtual", "name: small"))
+    proc = run_bench(tmp_path, "--target", str(small), "--model", CONV)
+    assert_one_line_failure(proc, tmp_path, "HIL119", "conv_int8", "1024", "arena")
+
+
+def test_arena_check_is_the_measured_need(tmp_path):
+    """The refusal is TFLM's measured figure, compared exactly: one byte short fails, the need passes."""
+    import dataclasses
+
+    from harness.errors import ModelError
+    from harness.model import check_model, load_user_model, measure_arena
+    from harness.profiles import load_profile
+
+    model = load_user_model(CONV)
+    need = measure_arena(model.data)
+    assert need is not None and 256 < need < 131072
+    profile = load_profile("virtual")
+    check_model(model, dataclasses.replace(profile, arena_bytes=need))
+    with pytest.raises(ModelError) as err:
+        check_model(model, dataclasses.replace(profile, arena_bytes=need - 1))
+    assert err.value.code == "HIL119"
+    assert f"needs {need} bytes" in str(err.value) and f"reserves {need - 1}" in str(err.value)
+
+
+def test_flatbuffer_pointing_outside_its_tensor_table(tmp_path):
+    """A well-formed flatbuffer whose op reads tensor 999 of 12 (TFLM would read out of bounds)."""
+    import flatbuffers
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    data = (FIXTURES / "conv_int8.tflite").read_bytes()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+    op = model.subgraphs[0].operators[0]
+    op.inputs = [int(op.inputs[0]), 999]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    bad = tmp_path / "oob_tensor.tflite"
+    bad.write_bytes(bytes(builder.Output()))
+    (tmp_path / "oob_tensor.yaml").write_text((FIXTURES / "conv_int8.yaml").read_text())
+    proc = run_bench(tmp_path, "--model", str(bad))
+    assert_one_line_failure(proc, tmp_path, "HIL112", "oob_tensor.tflite", "tensor 999")
+
+
+def _mitdb_copy(tmp_path: Path, record: str, *, skip: str = "") -> Path:
+    import shutil
+
+    folder = tmp_path / "mitdb"
+    folder.mkdir()
+    for ext in ("hea", "dat", "atr"):
+        if ext != skip:
+            shutil.copy(BUNDLED / f"{record}.{ext}", folder / f"{record}.{ext}")
+    return folder
+
+
+def test_truncated_record(tmp_path):
+    folder = _mitdb_copy(tmp_path, "213")
+    dat = folder / "213.dat"
+    dat.write_bytes(dat.read_bytes()[:dat.stat().st_size // 2])
+    proc = run_bench(tmp_path, "--mitdb", str(folder), "--records", "213", "--model", CONV)
+    assert_one_line_failure(proc, tmp_path, "HIL124", "213", "truncated")
+
+
+def test_annotation_file_missing(tmp_path):
+    folder = _mitdb_copy(tmp_path, "213", skip="atr")
+    proc = run_bench(tmp_path, "--mitdb", str(folder), "--records", "213", "--model", CONV)
+    assert_one_line_failure(proc, tmp_path, "HIL123", "213.atr")
+
+
+def test_malformed_baseline(tmp_path):
+    baselines = tmp_path / "baselines"
+    baselines.mkdir()
+    (baselines / "virtual.json").write_text('{"schema": 1, "entries": [')
+    proc = run_bench(tmp_path, "--baseline-dir", str(baselines), "--model", CONV)
+    assert_one_line_failure(proc, tmp_path, "HIL611", "virtual.json")
+
+
+# --- the catalogue itself ------------------------------------------------------------------------------------
+
+def _catalogue() -> dict[str, tuple[str, str]]:
+    """docs/errors.md table rows: code → (cause, fix)."""
+    import re
+
+    rows = {}
+    for line in (REPO / "docs" / "errors.md").read_text().splitlines():
+        match = re.match(r"^\|\s*(HIL\d{3})\s*\|([^|]*)\|([^|]*)\|", line)
+        if match:
+            rows[match.group(1)] = (match.group(2).strip(), match.group(3).strip())
+    return rows
+
+
+def test_every_code_the_harness_raises_is_in_docs_errors_md():
+    import re
+
+    used = set()
+    for source in (REPO / "harness").rglob("*.py"):
+        used |= set(re.findall(r"HIL\d{3}", source.read_text()))
+    catalogue = _catalogue()
+    missing = sorted(used - set(catalogue))
+    assert not missing, f"HIL codes used in harness/ but not in docs/errors.md: {missing}"
+    empty = sorted(code for code, (cause, fix) in catalogue.items() if not cause or not fix)
+    assert not empty, f"docs/errors.md rows without cause or fix: {empty}"

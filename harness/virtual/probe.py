@@ -112,6 +112,16 @@ def probe(data: bytes, arena: int, allowed_ops: frozenset[str] | None) -> dict:
         runtime.convert_bytearray_to_object(bytearray(data))
     except Exception as exc:  # noqa: BLE001 - any failure here means a damaged flatbuffer
         return refuse(E_LOAD_FAILED, f"model flatbuffer is truncated or corrupt: {str(exc)[:120]}")
+    # A well-formed flatbuffer can still hold indices outside their tables (tensor 999 of 12), which TFLM
+    # follows without a check: the probe then "succeeds" on undefined behaviour and the board's own
+    # interpreter reads out of bounds. The host's verifier names the broken field.
+    from ..errors import ModelError
+    from ..model import verify_flatbuffer
+
+    try:
+        verify_flatbuffer(data, "stored model")
+    except ModelError as exc:
+        return refuse(E_LOAD_FAILED, exc.message[:180])
     try:
         ops, n_in, n_out = model_ops(data)
     except Exception as exc:  # noqa: BLE001
