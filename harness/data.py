@@ -18,6 +18,7 @@ import numpy as np
 from .errors import DataError
 
 NORMALIZATIONS = ("none", "beat_zscore", "record_zscore", "beat_minmax")
+MASKS = ("none", "half_rr")
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,9 @@ class WindowSpec:
     """Where a model's input window sits around a beat's R peak, at the record's 360 Hz.
 
     The window is samples [R - before, R + after) of `channel`, block-averaged by `decimate`
-    (non-overlapping means, which also low-passes), then normalized.
+    (non-overlapping means, which also low-passes), then normalized. `mask: half_rr` then sets to 0 every
+    sample outside the beat's own half-RR neighbourhood (halfway to the previous R peak up to halfway to
+    the next), so a long window shows one beat and not its neighbours.
     """
 
     before: int
@@ -33,6 +36,7 @@ class WindowSpec:
     channel: int = 0
     decimate: int = 1
     normalize: str = "none"
+    mask: str = "none"
 
     @property
     def length(self) -> int:
@@ -234,6 +238,8 @@ def beat_windows(record: Record, spec: WindowSpec) -> Windows:
     if spec.normalize not in NORMALIZATIONS:
         raise DataError(f"unknown normalization '{spec.normalize}'", f"use one of {', '.join(NORMALIZATIONS)}",
                         code="HIL127")
+    if spec.mask not in MASKS:
+        raise DataError(f"unknown window mask '{spec.mask}'", f"use one of {', '.join(MASKS)}", code="HIL127")
     if spec.decimate < 1 or spec.length < 1:
         raise DataError(f"window {spec} is empty", "before + after must be at least decimate samples",
                         code="HIL127")
@@ -250,6 +256,8 @@ def beat_windows(record: Record, spec: WindowSpec) -> Windows:
     windows = signal[starts[kept, None] + np.arange(span)[None, :]]
     windows = windows.reshape(len(kept), spec.length, spec.decimate).mean(axis=2)
     windows = _normalize(windows, signal, spec.normalize)
+    if spec.mask == "half_rr":
+        windows = _mask_half_rr(windows, record.r_peaks, kept, starts[kept], spec)
 
     beats = [Beat(record=record.name, index=int(i), sample=int(record.r_peaks[i]),
                   symbol=record.symbols[i], aami=AAMI_MAP[record.symbols[i]]) for i in kept]
@@ -257,6 +265,25 @@ def beat_windows(record: Record, spec: WindowSpec) -> Windows:
 
 
 _EPS = 1e-6
+
+
+def _mask_half_rr(windows: np.ndarray, r_peaks: np.ndarray, kept: np.ndarray, starts: np.ndarray,
+                  spec: WindowSpec) -> np.ndarray:
+    """Zero the window samples outside [(R[i-1] + R[i]) / 2, (R[i] + R[i+1]) / 2) of each kept beat i.
+
+    A decimated sample stands for its block and counts as inside when the block's centre is. Integer
+    arithmetic on doubled sample positions keeps the borders exact. The first and last beats of a record
+    have no neighbour on one side and are not masked on that side.
+    """
+    far = np.iinfo(np.int64).max // 4
+    low = np.full(len(r_peaks), -far, dtype=np.int64)
+    high = np.full(len(r_peaks), far, dtype=np.int64)
+    low[1:] = r_peaks[:-1] + r_peaks[1:]    # 2 x midpoint with the previous beat
+    high[:-1] = r_peaks[:-1] + r_peaks[1:]  # 2 x midpoint with the next beat
+    # doubled centre of output sample j of a window starting at `start`: 2 (start + j d) + d - 1
+    centres = 2 * (starts[:, None] + spec.decimate * np.arange(spec.length)[None, :]) + spec.decimate - 1
+    inside = (centres >= low[kept, None]) & (centres < high[kept, None])
+    return np.where(inside, windows, 0.0)
 
 
 def _normalize(windows: np.ndarray, channel: np.ndarray, how: str) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Shared helpers of the training recipes in models/*/train.py (TensorFlow side, never imported at runtime).
 
 Data always comes through harness.data (records, AAMI map, DS1/DS2, windowing), so a model is trained on
-exactly the inputs the harness sends the board. Here: loading windowed beats, deterministic setup,
-magnitude pruning with fixed masks, INT8 conversion, TFLite evaluation and the usual AAMI metrics.
+exactly the inputs the harness sends the board. Here: the two evaluation protocols (inter_patient,
+intra_patient), loading windowed beats, deterministic setup, magnitude pruning with fixed masks, INT8
+conversion, TFLite evaluation, the AAMI metrics (through harness.metrics) and the harness's own view of
+a model (harness_figures: MACs, arena).
 """
 
 from __future__ import annotations
@@ -52,6 +54,50 @@ def load_beats(mitdb_dir, names, spec: data.WindowSpec, label_of=None) -> BeatSe
         recs.append(np.full(len(w.beats), record.name))
         skipped += w.skipped
     return BeatSet(np.concatenate(xs), np.concatenate(ys), np.concatenate(recs), names, skipped)
+
+
+def _take(beats: BeatSet, idx: np.ndarray) -> BeatSet:
+    """Rows idx of beats; `names` keeps only the records that still have a row there. `skipped` stays
+    the count of the whole record set (edge beats belong to no split)."""
+    kept = set(beats.records[idx].tolist())
+    return BeatSet(beats.x[idx], beats.y[idx], beats.records[idx],
+                   tuple(n for n in beats.names if n in kept), beats.skipped)
+
+
+def inter_patient(mitdb_dir, spec: data.WindowSpec, label_of=None) -> tuple[BeatSet, BeatSet]:
+    """de Chazal's inter-patient protocol: train on every beat of DS1, test on every beat of DS2.
+
+    No patient is in both halves, so the test figures say how the model does on people it has never
+    seen. This is the protocol of the committed models.
+    """
+    return (load_beats(mitdb_dir, data.DS1, spec, label_of),
+            load_beats(mitdb_dir, data.DS2, spec, label_of))
+
+
+def intra_patient(mitdb_dir, spec: data.WindowSpec, label_of=None, test_fraction: float = 0.2,
+                  seed: int = 0, records=data.DS1 + data.DS2) -> tuple[BeatSet, BeatSet]:
+    """The intra-patient ("beat split") protocol most published ECG papers use.
+
+    All beats of DS1 + DS2 (44 non-paced records), split at random into train and test, stratified by
+    label: each label keeps round(test_fraction * its beats) in the test set (at least one when it has
+    two or more beats). The same seed gives the same split. Beats of one patient land on both sides, so
+    the test figures are optimistic: the model has seen the patient's other beats. `records` is only
+    changed by --smoke runs (the bundled records).
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    beats = load_beats(mitdb_dir, records, spec, label_of)
+    rng = np.random.default_rng(seed)
+    test_rows = []
+    for label in np.unique(beats.y):
+        rows = np.flatnonzero(beats.y == label)
+        n_test = int(round(test_fraction * len(rows)))
+        if len(rows) >= 2:
+            n_test = min(max(n_test, 1), len(rows) - 1)
+        test_rows.append(rng.permutation(rows)[:n_test])
+    in_test = np.zeros(len(beats.y), dtype=bool)
+    in_test[np.concatenate(test_rows)] = True
+    return _take(beats, np.flatnonzero(~in_test)), _take(beats, np.flatnonzero(in_test))
 
 
 def subsample(beats: BeatSet, n: int, seed: int) -> BeatSet:
@@ -194,6 +240,41 @@ def run_tflite(tflite: bytes, x: np.ndarray) -> tuple[np.ndarray, dict]:
     return scores, {"host_seconds": round(elapsed, 2), "host_us_per_beat": round(1e6 * elapsed / max(1, len(x)), 1)}
 
 
+_FIGURES_SCRIPT = """
+import json, sys
+from harness import costmodel, model
+from harness.virtual import probe
+data = open(sys.argv[1], 'rb').read()
+report = probe.probe(data, int(sys.argv[2]), model.firmware_ops())
+print(json.dumps({'macs': costmodel.count_macs(data), 'probe': report}))
+"""
+
+
+def harness_figures(tflite_path, arena_bytes: int = 131072) -> dict:
+    """What the harness will see of an INT8 model: static MACs (harness.costmodel.count_macs), the
+    firmware-op check and the TFLM arena it needs (harness.virtual.probe, TFLM's allocation recorder on
+    the 64-bit host), against the virtual profile's 131,072-byte arena by default.
+
+    Runs in a child process: tflite-runtime 2.14 and TensorFlow 2.21 in one process clash (loading a model
+    fails with `vector::reserve` once TensorFlow is imported), and TFLM may crash on a bad model.
+    """
+    import json
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _FIGURES_SCRIPT, str(tflite_path), str(arena_bytes)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"harness figures of {tflite_path} failed: {proc.stderr.strip()[-400:]}")
+    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = raw["probe"]
+    if not report["ok"]:
+        raise RuntimeError(f"the virtual board would refuse {tflite_path}: {report['error']}")
+    return {"macs": raw["macs"], "macs_source": "static_estimate (harness.costmodel.count_macs)",
+            "arena_used_bytes": report["arena_used"],
+            "arena_source": "TFLM allocation recorder on the 64-bit host (harness.virtual.probe)",
+            "input_bytes": report["input_bytes"], "output_bytes": report["output_bytes"]}
+
+
 def quantize_agreement(tflite_float_io: bytes, x: np.ndarray) -> dict:
     """Compare harness.data.quantize with the QUANTIZE op at the input of a float-I/O INT8 model.
 
@@ -229,28 +310,36 @@ def quantize_agreement(tflite_float_io: bytes, x: np.ndarray) -> dict:
 # --- Metrics -----------------------------------------------------------------------------------------
 
 def classification_metrics(y: np.ndarray, pred: np.ndarray, classes: tuple[str, ...]) -> dict:
-    """Accuracy, macro-F1 over the classes present in y (and over N, S, V, F only), per-class Se and +P."""
-    k = len(classes)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y, pred), 1)
-    per_class, f1s = {}, []
-    for i, c in enumerate(classes):
-        tp = confusion[i, i]
-        support = confusion[i].sum()
-        predicted = confusion[:, i].sum()
-        se = tp / support if support else None
-        ppv = tp / predicted if predicted else None
-        f1 = 2 * tp / (support + predicted) if support + predicted else None
-        per_class[c] = {"support": int(support), "predicted": int(predicted),
-                        "Se": _r(se), "+P": _r(ppv), "F1": _r(f1)}
-        if support:
-            f1s.append(f1 or 0.0)
+    """harness.metrics.classification (the project's one implementation) of class indices, plus the
+    macro-F1 over N, S, V, F only, rounded to 4 digits for metrics.json.
+
+    Same keys as the bench's results.json: accuracy, macro_f1, per_class {se, ppv, f1, support,
+    predicted}, confusion (rows = truth, columns = prediction), labels, n.
+    """
+    from harness import metrics
+
+    labels = list(classes)
+    result = metrics.classification([labels[i] for i in np.asarray(y)], [labels[i] for i in np.asarray(pred)],
+                                    labels)
     # AAMI practice scores N, S, V, F: Q is a handful of unclassifiable beats (7 in DS2, 8 in DS1)
-    nsvf = [per_class[c]["F1"] or 0.0 for c in ("N", "S", "V", "F") if c in per_class and per_class[c]["support"]]
-    return {"n": int(len(y)), "accuracy": _r(float((y == pred).mean())), "macro_f1": _r(float(np.mean(f1s))),
-            "macro_f1_nsvf": _r(float(np.mean(nsvf))) if nsvf else None,
-            "per_class": per_class, "confusion": confusion.tolist(), "confusion_axes": "rows=truth, cols=pred"}
+    nsvf = [result["per_class"][c]["f1"] for c in ("N", "S", "V", "F")
+            if c in result["per_class"] and result["per_class"][c]["support"]]
+    result["macro_f1_nsvf"] = float(np.mean(nsvf)) if nsvf else None
+    return _rounded(result)
 
 
-def _r(v):
-    return None if v is None else round(float(v), 4)
+def summary(m: dict) -> str:
+    """One line of a classification_metrics result for the recipe's log."""
+    pc = m["per_class"]
+    return (f"acc {m['accuracy']} macroF1 {m['macro_f1']} (NSVF {m['macro_f1_nsvf']}) | "
+            + " ".join(f"{c}: Se {pc[c]['se']} +P {pc[c]['ppv']}" for c in m["labels"]))
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value

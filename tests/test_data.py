@@ -226,3 +226,65 @@ def test_errors_are_one_line_with_a_fix(tmp_path):
         data.load_record(tmp_path / "nowhere", "213")
     text = str(e.value)
     assert text.startswith("HIL121 ") and " -- fix: " in text and "\n" not in text
+
+
+# --- half-RR mask (the beat-image family's window) ---------------------------------------------------
+
+def _toy_record(r_peaks, n_samples=200):
+    signal = np.ones((n_samples, 1), dtype=np.float32)
+    return data.Record(name="toy", fs=360.0, signal=signal, channels=("MLII",),
+                       r_peaks=np.asarray(r_peaks, dtype=np.int64), symbols=("N",) * len(r_peaks))
+
+
+def test_mask_defaults_to_none():
+    assert data.WindowSpec(374, 374).mask == "none"
+    assert data.MASKS == ("none", "half_rr")
+
+
+def test_half_rr_mask_by_hand():
+    # Beats at 100, 120, 150: beat 120 owns [110, 135). With decimate 2 a block counts by its centre
+    # (start + 2j + 0.5); the edge beats have no neighbour on one side and keep that side.
+    rec = _toy_record([100, 120, 150])
+    w = data.beat_windows(rec, data.WindowSpec(before=20, after=20, decimate=2, mask="half_rr"))
+    assert [b.sample for b in w.beats] == [100, 120, 150] and w.x.shape == (3, 20)
+    kept = [np.flatnonzero(row).tolist() for row in w.x]
+    assert kept[0] == list(range(0, 15))    # window starts at 80: centres 80.5 .. 108.5 < 110
+    assert kept[1] == list(range(5, 18))    # window starts at 100: centres 110.5 .. 134.5
+    assert kept[2] == list(range(3, 20))    # window starts at 130: centres 136.5 .. 168.5 >= 135
+    np.testing.assert_array_equal(w.x[w.x != 0], 1.0)
+
+
+def test_half_rr_mask_on_record_213(rec213):
+    # 3.6 s of z-scored MLII per beat, the beat-image window: masked = unmasked where the sample lies
+    # halfway between the neighbouring R peaks, else 0 (checked here one beat at a time).
+    plain = data.WindowSpec(before=648, after=648, normalize="record_zscore")
+    masked = data.beat_windows(rec213, data.WindowSpec(648, 648, normalize="record_zscore", mask="half_rr"))
+    unmasked = data.beat_windows(rec213, plain)
+    assert [b.index for b in masked.beats] == [b.index for b in unmasked.beats]
+    r = rec213.r_peaks
+    for row, beat in list(enumerate(masked.beats))[::97]:
+        i = beat.index
+        lo = (r[i - 1] + r[i]) / 2 if i > 0 else -np.inf
+        hi = (r[i] + r[i + 1]) / 2 if i + 1 < len(r) else np.inf
+        pos = beat.sample - 648 + np.arange(1296)
+        inside = (pos >= lo) & (pos < hi)
+        assert inside[648] and not inside.all()
+        np.testing.assert_array_equal(masked.x[row], np.where(inside, unmasked.x[row], 0))
+
+
+def test_unknown_mask_is_hil127(rec213):
+    with pytest.raises(DataError) as e:
+        data.beat_windows(rec213, data.WindowSpec(10, 10, mask="rr"))
+    assert _code(e) == "HIL127" and "half_rr" in str(e.value)
+
+
+def test_registry_window_reads_the_mask():
+    from harness import model
+    from harness.errors import ModelError
+
+    raw = {"before": 648, "after": 648, "normalize": "record_zscore", "mask": "half_rr"}
+    assert model._window(raw, "entry") == data.WindowSpec(648, 648, 0, 1, "record_zscore", "half_rr")
+    assert model._window({"before": 4, "after": 4}, "entry").mask == "none"
+    with pytest.raises(ModelError) as e:
+        model._window(dict(raw, mask="rr"), "entry")
+    assert e.value.code == "HIL118" and "window.mask" in str(e.value)

@@ -1,8 +1,10 @@
 """Recipe of cnn1d_beat: a small 1D CNN classifying single MIT-BIH beats into the 5 AAMI classes.
 
-train on DS1 (class-weighted) → magnitude-prune with fixed masks and fine-tune → full-integer INT8 PTQ →
-evaluate float, pruned float and INT8 on DS2 (never seen in training) → write the two .tflite files and
-metrics.json. Run from the repo root with the training venv:
+train (class-weighted) → magnitude-prune with fixed masks and fine-tune → full-integer INT8 PTQ → evaluate
+float, pruned float and INT8 on the held-out beats. Done twice, once per evaluation protocol:
+inter-patient (train DS1, test DS2: the committed .tflite files) and intra-patient (random stratified beat
+split of DS1+DS2, for comparison with papers that use it; its model is not written). Writes the two
+.tflite files and metrics.json. Run from the repo root with the training venv:
 
     /work/venv-train/bin/python models/cnn1d/train.py --mitdb ../shared/mitdb --out models/cnn1d
     /work/venv-train/bin/python models/cnn1d/train.py --smoke          # CI: bundled records, one epoch
@@ -76,47 +78,9 @@ def class_weights(y: np.ndarray, power: float) -> dict[int, float]:
     return weights
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mitdb", default=str(data.BUNDLED_DIR), help="MIT-BIH directory (wfdb files)")
-    ap.add_argument("--out", default=None, help="output directory (default models/cnn1d, a temp dir with --smoke)")
-    ap.add_argument("--train-records", default=None, help="default DS1 (bundled with --smoke)")
-    ap.add_argument("--eval-records", default=None, help="default DS2 (bundled with --smoke)")
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--finetune-epochs", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--weight-power", type=float, default=0.5, help="class weight = (n_N / n_class) ** power")
-    ap.add_argument("--smoke", action="store_true", help="a few hundred beats, one epoch each (CI)")
-    args = ap.parse_args(argv)
-
-    if args.smoke:
-        out = Path(args.out or tempfile.mkdtemp(prefix="cnn1d_smoke_"))
-        train_names = args.train_records or "bundled"
-        eval_names = args.eval_records or "bundled"
-        args.epochs, args.finetune_epochs = 1, 1
-    else:
-        out = Path(args.out or Path(__file__).resolve().parent)
-        train_names = args.train_records or "DS1"
-        eval_names = args.eval_records or "DS2"
-    out.mkdir(parents=True, exist_ok=True)
-
-    t0 = time.perf_counter()
-    train = training.load_beats(args.mitdb, train_names, SPEC)
-    test = training.load_beats(args.mitdb, eval_names, SPEC)
-    if args.smoke:
-        train = training.subsample(train, 300, args.seed)
-        test = training.subsample(test, 300, args.seed + 1)
-    overlap = set(train.names) & set(test.names)
-    if overlap and not args.smoke:
-        raise SystemExit(f"train and eval records overlap: {sorted(overlap)}")
-    print(f"train {train.names[0]}..{train.names[-1]} ({len(train.names)} records): {train.counts()}")
-    print(f"eval  {test.names[0]}..{test.names[-1]} ({len(test.names)} records): {test.counts()}")
-
-    tf = training.deterministic(args.seed)
-    import keras
-
-    tf.config.threading.set_intra_op_parallelism_threads(2)
+def train_and_evaluate(train, test, args, tf, keras, with_quantize_check: bool) -> dict:
+    """One full pass float → pruned → INT8 on one protocol's split; returns figures and the .tflite bytes."""
+    tf.keras.utils.set_random_seed(args.seed)  # each protocol's run starts from the same seeds
     model = build_model(keras)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
@@ -127,7 +91,7 @@ def main(argv=None) -> int:
                      shuffle=True, verbose=2)
     float_eval = training.classification_metrics(test.y, model.predict(test.x[..., None], verbose=0,
                                                                        batch_size=1024).argmax(1), CLASSES)
-    print("float   DS2:", _short(float_eval))
+    print("float   :", training.summary(float_eval))
 
     masks = training.magnitude_masks(model, SPARSITY, skip=SKIP_PRUNING)
     training.apply_masks(masks)
@@ -137,7 +101,6 @@ def main(argv=None) -> int:
                         class_weight=weights, shuffle=True, verbose=2,
                         callbacks=[training.pruning_callback(masks)])
     fit_seconds = time.perf_counter() - t_fit
-    sparsity = training.sparsity_of(model)
 
     rng = np.random.default_rng(args.seed)
     rep = train.x[rng.choice(len(train.x), size=min(500, len(train.x)), replace=False)]
@@ -146,53 +109,121 @@ def main(argv=None) -> int:
     export.set_weights(model.get_weights())
     float_tflite = training.convert(export)
     int8_tflite = training.convert(export, representative=rep)
-    float_io_tflite = training.convert(export, representative=rep, int8_io=False)
 
     pruned_scores, pruned_timing = training.run_tflite(float_tflite, test.x)
     int8_scores, int8_timing = training.run_tflite(int8_tflite, test.x)
     pruned_eval = training.classification_metrics(test.y, pruned_scores.argmax(1), CLASSES)
     int8_eval = training.classification_metrics(test.y, int8_scores.argmax(1), CLASSES)
-    print("pruned  DS2:", _short(pruned_eval))
-    print("int8    DS2:", _short(int8_eval))
-    agreement = float((pruned_scores.argmax(1) == int8_scores.argmax(1)).mean())
-    quant_check = training.quantize_agreement(float_io_tflite, test.x[:200])
-    print("quantize vs TFLite QUANTIZE:", quant_check)
+    print("pruned  :", training.summary(pruned_eval))
+    print("int8    :", training.summary(int8_eval))
+    figures = {
+        "train_records": list(train.names), "train_beats": train.counts(),
+        "test_records": list(test.names), "test_beats": test.counts(),
+        "class_weights": {CLASSES[k]: round(v, 3) for k, v in weights.items()},
+        "final_train_loss": round(float(hist.history["loss"][-1]), 4),
+        "final_finetune_loss": round(float(hist_ft.history["loss"][-1]), 4),
+        "sparsity_per_layer": training.sparsity_of(model),
+        "float": float_eval, "pruned_float": pruned_eval, "int8": int8_eval,
+        "steps": step_costs(float_eval, pruned_eval, int8_eval),
+        "int8_vs_pruned_float_argmax_agreement": round(float((pruned_scores.argmax(1) == int8_scores.argmax(1)).mean()), 5),
+        "host_timing_tflite_builtin_ref": {"pruned_float": pruned_timing, "int8": int8_timing,
+                                           "source": "host wall time, tf.lite BUILTIN_REF, one beat per invoke"},
+        "fit_seconds_host_wall": round(fit_seconds, 1),
+        "sha256": {"float": hashlib.sha256(float_tflite).hexdigest(), "int8": hashlib.sha256(int8_tflite).hexdigest()},
+    }
+    if with_quantize_check:
+        float_io_tflite = training.convert(export, representative=rep, int8_io=False)
+        figures["quantize_vs_tflite_quantize_op"] = training.quantize_agreement(float_io_tflite, test.x[:200])
+        print("quantize vs TFLite QUANTIZE:", figures["quantize_vs_tflite_quantize_op"])
+    return {"figures": figures, "model": model, "float_tflite": float_tflite, "int8_tflite": int8_tflite}
+
+
+def step_costs(float_eval: dict, pruned_eval: dict, int8_eval: dict) -> dict:
+    """Accuracy and macro-F1 (N,S,V,F) change of each compression step, in percentage points."""
+    def delta(a, b, key):
+        return round(100 * (b[key] - a[key]), 2)
+
+    return {"pruning_pp": {"accuracy": delta(float_eval, pruned_eval, "accuracy"),
+                           "macro_f1_nsvf": delta(float_eval, pruned_eval, "macro_f1_nsvf")},
+            "int8_pp": {"accuracy": delta(pruned_eval, int8_eval, "accuracy"),
+                        "macro_f1_nsvf": delta(pruned_eval, int8_eval, "macro_f1_nsvf")},
+            "float_to_int8_pp": {"accuracy": delta(float_eval, int8_eval, "accuracy"),
+                                 "macro_f1_nsvf": delta(float_eval, int8_eval, "macro_f1_nsvf")}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mitdb", default=str(data.BUNDLED_DIR), help="MIT-BIH directory (wfdb files)")
+    ap.add_argument("--out", default=None, help="output directory (default models/cnn1d, a temp dir with --smoke)")
+    ap.add_argument("--protocols", default=None,
+                    help="inter (train DS1, test DS2; writes the .tflite files) and/or intra (beat split); "
+                         "default inter,intra (inter only with --smoke)")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--finetune-epochs", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--weight-power", type=float, default=0.5, help="class weight = (n_N / n_class) ** power")
+    ap.add_argument("--smoke", action="store_true",
+                    help="bundled records, a few hundred beats, one epoch each, temp dir (CI)")
+    args = ap.parse_args(argv)
+    # --smoke checks the code path once; the intra-patient split has its own tests (tests/test_recipes.py)
+    args.protocols = args.protocols or ("inter" if args.smoke else "inter,intra")
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    if not protocols or set(protocols) - {"inter", "intra"}:
+        raise SystemExit(f"--protocols takes inter and/or intra, got {args.protocols!r}")
+
+    if args.smoke:
+        out = Path(args.out or tempfile.mkdtemp(prefix="cnn1d_smoke_"))
+        args.epochs, args.finetune_epochs = 1, 1
+    else:
+        out = Path(args.out or Path(__file__).resolve().parent)
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    tf = training.deterministic(args.seed)
+    import keras
+
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    runs = {}
+    for protocol in protocols:
+        train, test = load_split(protocol, args)
+        print(f"[{protocol}] train {len(train.names)} records {train.counts()}; "
+              f"test {len(test.names)} records {test.counts()}")
+        runs[protocol] = train_and_evaluate(train, test, args, tf, keras, with_quantize_check=protocol == protocols[0])
+        runs[protocol]["figures"].update(train_skipped_at_edges=train.skipped, test_skipped_at_edges=test.skipped)
+
+    committed = runs[protocols[0]]
+    float_tflite, int8_tflite, model = committed["float_tflite"], committed["int8_tflite"], committed["model"]
+    (out / f"{NAME}_float.tflite").write_bytes(float_tflite)
+    (out / f"{NAME}_int8.tflite").write_bytes(int8_tflite)
+    harness = training.harness_figures(out / f"{NAME}_int8.tflite")
 
     interp = training.interpreter(int8_tflite)
     interp.allocate_tensors()
     inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
-
-    (out / f"{NAME}_float.tflite").write_bytes(float_tflite)
-    (out / f"{NAME}_int8.tflite").write_bytes(int8_tflite)
     total_seconds = time.perf_counter() - t0
     metrics = {
         "model": NAME,
         "smoke": bool(args.smoke),
+        "written_files_from_protocol": protocols[0],
         "window": {"before": SPEC.before, "after": SPEC.after, "channel": SPEC.channel,
                    "decimate": SPEC.decimate, "normalize": SPEC.normalize, "length": SPEC.length},
         "classes": list(CLASSES),
-        "train_records": list(train.names), "train_beats": train.counts(), "train_skipped_at_edges": train.skipped,
-        "eval_records": list(test.names), "eval_beats": test.counts(), "eval_skipped_at_edges": test.skipped,
-        "weight_power": args.weight_power, "class_weights": {CLASSES[k]: round(v, 3) for k, v in weights.items()},
-        "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "batch": args.batch, "seed": args.seed,
-        "final_train_loss": round(float(hist.history["loss"][-1]), 4),
-        "final_finetune_loss": round(float(hist_ft.history["loss"][-1]), 4),
-        "target_sparsity": SPARSITY, "not_pruned": list(SKIP_PRUNING), "sparsity_per_layer": sparsity,
+        "weight_power": args.weight_power, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+        "batch": args.batch, "seed": args.seed,
+        "target_sparsity": SPARSITY, "not_pruned": list(SKIP_PRUNING),
         "params": int(model.count_params()),
         "nonzero_params": int(sum(int(np.count_nonzero(w.numpy())) for w in model.weights)),
-        "macs_static_estimate": macs(model),
+        "macs": harness["macs"], "macs_source": harness["macs_source"],
+        "arena_used_bytes": harness["arena_used_bytes"], "arena_source": harness["arena_source"],
         "tflite_bytes": {"float": len(float_tflite), "int8": len(int8_tflite)},
-        "sha256": {"float": hashlib.sha256(float_tflite).hexdigest(), "int8": hashlib.sha256(int8_tflite).hexdigest()},
+        "sha256": committed["figures"]["sha256"],
         "ops_int8": training.op_list(int8_tflite), "ops_float": training.op_list(float_tflite),
         "int8_io": {"input_shape": inp["shape"].tolist(), "input_scale": float(inp["quantization"][0]),
                     "input_zero_point": int(inp["quantization"][1]), "output_shape": outp["shape"].tolist(),
                     "output_scale": float(outp["quantization"][0]), "output_zero_point": int(outp["quantization"][1])},
-        "ds2": {"float": float_eval, "pruned_float": pruned_eval, "int8": int8_eval},
-        "int8_vs_pruned_float_argmax_agreement": round(agreement, 5),
-        "host_timing_tflite_builtin_ref": {"pruned_float": pruned_timing, "int8": int8_timing,
-                                           "source": "host wall time, tf.lite BUILTIN_REF, one beat per invoke"},
-        "quantize_vs_tflite_quantize_op": quant_check,
-        "fit_seconds_host_wall": round(fit_seconds, 1), "total_seconds_host_wall": round(total_seconds, 1),
+        "protocols": {PROTOCOL_NAMES[p]: runs[p]["figures"] for p in protocols},
+        "total_seconds_host_wall": round(total_seconds, 1),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
@@ -202,10 +233,26 @@ def main(argv=None) -> int:
     return 0
 
 
-def _short(m: dict) -> str:
-    pc = m["per_class"]
-    return (f"acc {m['accuracy']} macroF1 {m['macro_f1']} (NSVF {m['macro_f1_nsvf']}) | "
-            + " ".join(f"{c}: Se {pc[c]['Se']} +P {pc[c]['+P']}" for c in CLASSES))
+PROTOCOL_NAMES = {"inter": "inter_patient", "intra": "intra_patient"}
+SMOKE_BEATS = 300
+
+
+def load_split(protocol: str, args):
+    """(train, test) BeatSets of a protocol; --smoke uses the bundled records and a few hundred beats."""
+    if args.smoke:
+        if protocol == "inter":  # three records cannot be split by patient: train and test on the same ones
+            train = test = training.load_beats(args.mitdb, "bundled", SPEC)
+        else:
+            train, test = training.intra_patient(args.mitdb, SPEC, records=data.BUNDLED_RECORDS)
+        return (training.subsample(train, SMOKE_BEATS, args.seed),
+                training.subsample(test, SMOKE_BEATS, args.seed + 1))
+    if protocol == "inter":
+        train, test = training.inter_patient(args.mitdb, SPEC)
+        overlap = set(train.names) & set(test.names)
+        if overlap:
+            raise SystemExit(f"train and test records overlap: {sorted(overlap)}")
+        return train, test
+    return training.intra_patient(args.mitdb, SPEC)
 
 
 if __name__ == "__main__":
