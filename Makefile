@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 MITDB  ?= ../shared/mitdb
 
-.PHONY: bench test bench-full bench-speed lib models model model-smoke clean
+.PHONY: bench test bench-full bench-speed lib models model models-smoke clean fuzz fuzz-smoke soak
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,12 +37,33 @@ bench-full: $(VENV)/.installed
 bench-speed: $(VENV)/.installed
 	$(PY) -m harness.speed
 
-## Retrain the shipped models from $(MITDB) (TensorFlow in the `train` extra).
+## Retrain every model family (models/*/train.py) from $(MITDB) (TensorFlow in the `train` extra).
 models: $(VENV)/.train
-	$(PY) models/cnn1d/train.py --mitdb $(MITDB) --out models/cnn1d
+	@set -e; for recipe in models/*/train.py; do \
+	  echo "== $$recipe"; $(PY) $$recipe --mitdb $(MITDB) --out $$(dirname $$recipe); done
 
+## Retrain one family: make model NAME=cnn1d (its folder under models/).
 model: $(VENV)/.train
+	@test -f models/$(NAME)/train.py || { echo "make model NAME=<family>: one of" \
+	  $$(ls models/*/train.py | cut -d/ -f2); exit 2; }
 	$(PY) models/$(NAME)/train.py --mitdb $(MITDB) --out models/$(NAME)
+
+## Every recipe in --smoke mode (bundled records, one epoch, temp dirs): what CI runs.
+models-smoke: $(VENV)/.train
+	@set -e; for recipe in models/*/train.py; do echo "== $$recipe --smoke"; $(PY) $$recipe --smoke; done
+
+## libFuzzer on the C core's frame decoder and dispatch: 10 million executions per target (needs clang:
+## `apt-get install clang`). fuzz-smoke is the short run CI does (tests/test_fuzz.py).
+fuzz:
+	$(MAKE) -C firmware/core/fuzz fuzz
+
+fuzz-smoke:
+	$(MAKE) -C firmware/core/fuzz smoke
 
 clean:
 	rm -rf build out
+
+## Soak: all 48 MIT-BIH records through a damaged link (1e-4 BER, 1 % frame loss) to a board that resets
+## every 10,000 beats, and a board that stops answering; prints goal vs achieved (takes minutes).
+soak: $(VENV)/.installed
+	$(PY) -m harness.soak --mitdb $(MITDB)

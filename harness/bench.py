@@ -17,9 +17,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__, data, metrics
+from . import __version__, data, localize, metrics
 from .board import Board
-from .errors import HarnessError
+from .errors import BoardTimeout, HarnessError
 from .model import Model
 from .profiles import Profile
 from .reference import Reference
@@ -54,6 +54,7 @@ class _Tally:
     mismatching: int = 0
     max_abs_diff: int = 0
     first_mismatch: dict | None = None
+    first_mismatch_input: bytes | None = None  # that beat's input bytes, for the per-layer dump
     cross_mismatching: int = 0
     cross_max_abs_diff: int = 0
     refs_disagree: int = 0
@@ -93,7 +94,8 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     result.memory["model_bytes"] = model.size_bytes
     result.bit_exact["reference"] = reference.name
     skipped_edge = 0
-    link = dict.fromkeys(("sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames"), 0)
+    link = dict.fromkeys(("sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames", "resets",
+                          "reuploads", "recoveries"), 0)
     t0 = time.perf_counter()
     hello = None
     try:
@@ -142,7 +144,15 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
                     on_progress(Progress(model.name, device, tally.verified, total,
                                          tally.verified / max(now - t0, 1e-9), tally.mismatching))
 
-            stats = board.infer_stream((row.tobytes() for row in flat), total=len(beats), on_result=on_result)
+            try:
+                stats = board.infer_stream((row.tobytes() for row in flat), total=len(beats),
+                                           on_result=on_result)
+            except BoardTimeout as err:
+                # The board counts within this record; the user needs the whole run's position.
+                raise BoardTimeout(f"{err.message} (record {name}); {tally.verified} of {total} beats of the "
+                                   f"run verified, the partial figures cover only those", err.hint,
+                                   verified=tally.verified, total=total,
+                                   stopped_at=f"record {name}, {err.stopped_at}", code=err.code) from None
             for key in link:
                 link[key] += getattr(stats, key)
         result.status = "pass"
@@ -159,6 +169,8 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     result.provenance["finished_at"] = _now()
     if result.status == "pass" and tally.mismatching:
         first = tally.first_mismatch
+        localisation = _localise(board, model, hello, tally.first_mismatch_input)
+        result.bit_exact["localisation"] = localisation
         result.status = "fail"
         result.failure = {
             "kind": "mismatch", "code": "HIL501",
@@ -166,9 +178,27 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
                         f"from {reference.name} (max |diff| {tally.max_abs_diff}); first at beat {first['beat']} "
                         f"(record {first['record']}, sample {first['sample']}, output {first['output_index']}: "
                         f"device {first['device']} vs reference {first['reference']}); "
-                        f"{result.bit_exact['cross_check']['verdict']}"),
+                        f"{result.bit_exact['cross_check']['verdict']}; {localisation['summary']}"),
         }
     return result
+
+
+def _localise(board: Board, model: Model, hello, x: bytes | None) -> dict:
+    """Dump the first mismatching beat on the board and name the first diverging op (harness/localize.py).
+
+    Never raises: the mismatch is the verdict, localisation only explains it, so a board without DUMP
+    (older firmware) or a failing host run is recorded in `error` and the summary says so.
+    """
+    if x is None:
+        return {"error": "no input kept for the first mismatch", "summary": "localisation not run"}
+    try:
+        dump = board.dump(x)
+        return localize.localise(model.data, x, dump, chip=hello.chip if hello else None).to_dict()
+    except HarnessError as err:
+        return {"error": str(err), "summary": f"localisation failed: {err.code} {err.message[:160]}"}
+    except Exception as exc:  # noqa: BLE001 - a bug here must not turn a mismatch verdict into a crash
+        text = f"{type(exc).__name__}: {exc}"
+        return {"error": text, "summary": f"localisation failed: {text[:160]}"}
 
 
 def _ref_info(ref: Reference | None) -> dict | None:
@@ -197,6 +227,7 @@ def _compare(tally: _Tally, model: Model, beat: data.Beat, index: int, inference
                 "output_index": k, "device": int(out[k]) if k < out.size else None,
                 "reference": int(expected[k]),
             }
+            tally.first_mismatch_input = x.tobytes()
     if cross is not None and out.shape == cross.shape:
         cdiff = np.abs(out.astype(np.int16) - cross.astype(np.int16))
         if cdiff.any():

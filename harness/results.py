@@ -10,7 +10,8 @@ Shape of each block (keys absent or None when unknown):
 - beats: {"total", "verified", "skipped_edge"}
 - bit_exact: {"exact", "mismatching_beats", "max_abs_diff", "first_mismatch": {"beat", "record", "sample",
   "symbol", "output_index", "device", "reference"} | None, "reference", "cross_check": {"reference",
-  "mismatching_beats", "max_abs_diff", "verdict"} | None}
+  "mismatching_beats", "max_abs_diff", "verdict"} | None, "localisation": localize.Localisation.to_dict()
+  (or {"error", "summary"} when it failed), only on a mismatch}
 - accuracy: metrics.classification(...) for classifiers; {"anomaly": metrics.anomaly(...), "mean_error"}
   for autoencoders
 - latency: {"source": "device_cycles" | "static_estimate", "cpu_mhz", "cycles": metrics.latency(...),
@@ -18,7 +19,8 @@ Shape of each block (keys absent or None when unknown):
 - host_time: {"source": "host_wall", "invoke_us": metrics.latency(...)}
 - throughput: {"source": "host_wall", "beats_per_s", "wall_s"}
 - memory: {"arena_used_bytes", "arena_size_bytes", "model_bytes"}
-- link: {"sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames"}
+- link: {"sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames", "resets", "reuploads",
+  "recoveries"}
 - provenance: {"model_sha256", "model_path", "firmware": {"version", "build_hash", "chip", "cpu_mhz",
   "kernel_mode"}, "reference": {"name", "version", "kernels", "note"}, "cross_reference": {...} | None,
   "records", "data_dir", "harness_version", "python", "started_at", "finished_at", "profile_path"}
@@ -169,6 +171,11 @@ class Result:
         out["cross_mismatching_beats"] = cross.get("mismatching_beats")
         out["cross_max_abs_diff"] = cross.get("max_abs_diff")
         out["cross_verdict"] = cross.get("verdict")
+        loc = be.get("localisation") or {}
+        out["localisation"] = loc.get("summary")
+        first_op = loc.get("first") or {}
+        out["first_diverging_op_index"] = first_op.get("op_index")
+        out["first_diverging_op"] = first_op.get("op")
 
         self._accuracy_figures(out)
 
@@ -191,8 +198,8 @@ class Result:
 
         for key in ("arena_used_bytes", "arena_size_bytes", "model_bytes"):
             out[key] = self.memory.get(key)
-        for key in ("sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames"):
-            out[f"link_{key}"] = self.link.get(key)
+        for key, value in self.link.items():
+            out[f"link_{key}"] = value
 
         prov = self.provenance
         for key in ("model_sha256", "model_path", "data_dir", "harness_version", "python", "started_at",

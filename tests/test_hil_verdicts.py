@@ -19,8 +19,10 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 def run_bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path / "out"
+    # One registry model keeps these runs short; a --model run brings its own.
+    models = () if "--model" in args else ("--models", "cnn1d_beat")
     cmd = [sys.executable, "-m", "pytest", str(REPO / "tests" / "hil"), "-q", "--out", str(out),
-           "--baseline-dir", str(tmp_path / "baselines"), *args]
+           "--baseline-dir", str(tmp_path / "baselines"), *models, *args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     return proc, out

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import HarnessError
 from ..profiles import load_profile
+from . import switches
 from .platform import Fault, Platform
 
 
@@ -29,7 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tcp", type=int, default=None, metavar="PORT",
                         help="also accept one TCP client on 127.0.0.1:PORT (0 = any free port)")
     parser.add_argument("--fault", action="append", default=[], metavar="SPEC",
-                        help="inject a fault: flip-lsb:N or silent-after:N (N = 0-based distinct INFER)")
+                        help="inject a fault: flip-lsb:N or silent-after:N (N = 0-based distinct INFER); "
+                             "reset-every:N[:BOOT_MS] or never-answer (harness/virtual/switches.py)")
     parser.add_argument("--exit-on-stdin-eof", action="store_true",
                         help="stop when stdin is closed (used when a harness starts the board)")
     return parser.parse_args(argv)
@@ -38,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        faults = [Fault.parse(spec) for spec in args.fault]
+        faults = [Fault.parse(spec) for spec in args.fault if not switches.handles(spec)]
+        board_switches = [switches.Switch.parse(spec) for spec in args.fault if switches.handles(spec)]
     except ValueError as exc:
         print(f"HIL104 {exc} -- fix: see hil-virtual-board --help", file=sys.stderr)
         return 2
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             store = Path(tmp.name)
         from .server import Server
 
-        server = Server(Platform(profile, store, faults), throttle_baud=args.throttle, tcp_port=args.tcp,
+        server = Server(Platform(profile, store, faults, board_switches), throttle_baud=args.throttle,
+                        tcp_port=args.tcp,
                         watch_stdin=args.exit_on_stdin_eof)
     except HarnessError as exc:
         print(str(exc), file=sys.stderr)

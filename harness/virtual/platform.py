@@ -6,6 +6,8 @@ bad model or arena), invoke on TFLM's reference kernels, and the clock. Cycle co
 cost-model estimate for the device profile, and HELLO says so (timing_source = static estimate).
 
 Faults for tests (`flip-lsb:N`, `silent-after:N`) act here on the frames going out, never in the core.
+`corrupt-layer:K` changes op K's output inside the computation instead (harness/virtual/layers.py), for
+INFER and DUMP alike, so per-layer localisation has a known answer.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .. import __version__
 from ..profiles import Profile
 from ..protocol import FrameDecoder, MsgType, encode_frame
 from . import core as hil
+from .switches import BoardSwitches
 
 _RESULT_OUTPUT_OFFSET = 20
 PROBE_TIMEOUT_S = 60.0
@@ -40,13 +43,14 @@ class Fault:
     kind: str  # "flip-lsb" | "silent-after"
     n: int
 
-    KINDS = ("flip-lsb", "silent-after")
+    KINDS = ("flip-lsb", "silent-after", "corrupt-layer")
 
     @classmethod
     def parse(cls, spec: str) -> Fault:
         kind, sep, num = spec.partition(":")
         if kind not in cls.KINDS or not sep or not num.isdigit():
-            raise ValueError(f"bad fault '{spec}': use flip-lsb:N or silent-after:N (N = 0-based INFER count)")
+            raise ValueError(f"bad fault '{spec}': use flip-lsb:N or silent-after:N (N = 0-based INFER count) "
+                             "or corrupt-layer:K (K = 0-based op index)")
         return cls(kind, int(num))
 
     def __str__(self) -> str:
@@ -226,12 +230,15 @@ class Platform:
     `reset_requested` is set by the RESET hook; the server re-initialises the core once feed returns.
     """
 
-    def __init__(self, profile: Profile, store_dir: Path, faults: list[Fault] = ()):
+    def __init__(self, profile: Profile, store_dir: Path, faults: list[Fault] = (), switches=()):
         self.profile = profile
         self.store = ModelStore(store_dir, profile.model_max_bytes)
         self.outbox: list[bytes] = []
         self.reset_requested = False
         self.faults = FaultFilter(list(faults)) if faults else None
+        # Whole-board switches (reset-every, never-answer): harness/virtual/switches.py.
+        self.switches = (BoardSwitches(list(switches), lambda: setattr(self, "reset_requested", True),
+                                       host_baud=profile.baud) if switches else None)
         self._interp = None
         self._model_data = b""
         self._set_input = self._run = self._get_output = None
@@ -240,6 +247,9 @@ class Platform:
         self._cycles = 0
         self._cycles_le = bytes(8)
         self._probe_cache: dict[tuple[bytes, int], dict] = {}
+        # DUMP and the corrupt-layer fault (harness/virtual/layers.py), built when first needed.
+        self.corrupt_op = next((f.n for f in faults if f.kind == "corrupt-layer"), None)
+        self._layers = None
         self.last_load_s = 0.0
 
     # -- device facts ---------------------------------------------------------------------------------
@@ -253,7 +263,7 @@ class Platform:
         return {"write": self._write, "store_begin": self._store_begin, "store_write": self._store_write,
                 "store_data": self._store_data, "store_commit": self._store_commit,
                 "store_committed": self._store_committed, "model_load": self._model_load,
-                "invoke": self._invoke, "clock_ns": _clock_ns, "reset": self._reset}
+                "invoke": self._invoke, "clock_ns": _clock_ns, "reset": self._reset, "dump": self._dump}
 
     # -- hooks ----------------------------------------------------------------------------------------
     # Every hook catches everything: an exception escaping a ctypes callback is printed and turned into
@@ -266,6 +276,8 @@ class Platform:
                 wire = self.faults(wire)
             except Exception as exc:  # noqa: BLE001
                 _log(f"fault filter failed: {exc}")
+        if self.switches is not None and wire:
+            wire = self.switches(wire)
         if wire:
             self.outbox.append(wire)
         return 0
@@ -371,6 +383,8 @@ class Platform:
         self._interp = interp
         self._model_data = data  # the interpreter may point into these bytes rather than copy them
         self._set_input, self._run, self._get_output = interp.set_input, interp.invoke, interp.get_output
+        if self.corrupt_op is not None:
+            self._corrupt_infer()
         return int(report["arena_used"]), int(report["input_bytes"]), int(report["output_bytes"])
 
 
@@ -378,6 +392,46 @@ class Platform:
         self._interp = None
         self._model_data = b""
         self._set_input = self._run = self._get_output = None
+        self._layers = None
+
+    # -- DUMP and the corrupt-layer fault ------------------------------------------------------------------
+    def _layer_runner(self):
+        from .layers import LayerRunner
+
+        if self._layers is None:
+            try:
+                self._layers = LayerRunner(self._model_data, self.profile.arena_bytes, self.corrupt_op)
+            except ValueError as exc:  # corrupt-layer:K beyond the model's ops
+                raise LoadRefused(hil.E_LOAD_FAILED, f"fault {exc}") from None
+        return self._layers
+
+    def _corrupt_infer(self) -> None:
+        """corrupt-layer:K: INFER answers from the same corrupted run that DUMP reports."""
+        runner = self._layer_runner()
+        self._set_input, self._run, self._get_output = runner.set_input, runner.invoke, runner.get_output
+
+    def _dump(self, _ctx, inp, in_len, sink, sink_ctx, msg, msg_cap):
+        if self._set_input is None:
+            _put_msg(msg, msg_cap, "no interpreter (model not loaded)")
+            return hil.E_INVOKE_FAILED
+        try:
+            x = _frombuffer(_string_at(inp, in_len), self._in_dtype).reshape(self._in_shape)
+            tensors = self._layer_runner().dump(x)
+            emit = hil.DUMP_SINK(sink)
+            for i, (planned, raw) in enumerate(tensors):
+                buf = ctypes.create_string_buffer(raw, len(raw)) if raw else None
+                tensor = hil.DumpTensor(i, len(tensors), planned.tensor_index, planned.op_index, planned.type,
+                                        ctypes.addressof(buf) if buf is not None else None, len(raw))
+                if emit(sink_ctx, ctypes.byref(tensor)) != 0:
+                    _put_msg(msg, msg_cap, f"the core refused dump tensor {i}")
+                    return hil.E_INVOKE_FAILED
+        except LoadRefused as exc:
+            _put_msg(msg, msg_cap, str(exc))
+            return exc.code
+        except Exception as exc:  # noqa: BLE001
+            _put_msg(msg, msg_cap, f"TFLM dump failed: {type(exc).__name__}: {exc}")
+            return hil.E_INVOKE_FAILED
+        return 0
 
 
 _string_at = ctypes.string_at

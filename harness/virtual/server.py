@@ -215,6 +215,9 @@ class Server:
         chunk = bytes(self.rx[:n])
         del self.rx[:n]
         self.rx_pace.sent(n)
+        switches = getattr(self.platform, "switches", None)
+        if switches is not None and switches.booting():
+            return  # restarting (reset-every switch): bytes that arrive during the boot are lost, as on a chip
         self.core.feed(chunk)
         if self.platform.reset_requested:
             # RESET: the board restarts; the bytes it had not read yet are lost, the store is kept.
