@@ -97,6 +97,67 @@ int check_ops(const tflite::Model *model, char *msg, uint32_t cap)
     return 0;
 }
 
+// The flatbuffers Verifier checks the buffer's structure, not that the indices inside it point at
+// existing tensors, buffers and op codes; TFLM trusts them and would read out of bounds. A committed model
+// is reloaded at every boot, so an unchecked one could become a boot loop.
+bool index_ok(int32_t index, uint32_t count)
+{
+    return index == -1 || (index >= 0 && static_cast<uint32_t>(index) < count);  // -1: optional input
+}
+
+bool indices_ok(const flatbuffers::Vector<int32_t> *list, uint32_t count)
+{
+    if (list == nullptr) {
+        return true;
+    }
+    for (uint32_t i = 0; i < list->size(); ++i) {
+        if (!index_ok(list->Get(i), count)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int check_indices(const tflite::Model *model, char *msg, uint32_t cap)
+{
+    const auto *subgraphs = model->subgraphs();
+    const uint32_t n_codes = model->operator_codes() != nullptr ? model->operator_codes()->size() : 0;
+    const uint32_t n_buffers = model->buffers() != nullptr ? model->buffers()->size() : 0;
+    if (subgraphs == nullptr || subgraphs->size() == 0) {
+        say(msg, cap, "model has no subgraph");
+        return HIL_E_LOAD_FAILED;
+    }
+    for (uint32_t g = 0; g < subgraphs->size(); ++g) {
+        const tflite::SubGraph *graph = subgraphs->Get(g);
+        const uint32_t n_tensors = graph->tensors() != nullptr ? graph->tensors()->size() : 0;
+        for (uint32_t t = 0; t < n_tensors; ++t) {
+            if (graph->tensors()->Get(t)->buffer() >= n_buffers) {
+                say(msg, cap, "subgraph %u tensor %u refers to buffer %u, but there are %u", static_cast<unsigned>(g),
+                    static_cast<unsigned>(t), static_cast<unsigned>(graph->tensors()->Get(t)->buffer()),
+                    static_cast<unsigned>(n_buffers));
+                return HIL_E_LOAD_FAILED;
+            }
+        }
+        if (!indices_ok(graph->inputs(), n_tensors) || !indices_ok(graph->outputs(), n_tensors)) {
+            say(msg, cap, "subgraph %u inputs or outputs refer to tensors beyond its %u", static_cast<unsigned>(g),
+                static_cast<unsigned>(n_tensors));
+            return HIL_E_LOAD_FAILED;
+        }
+        const auto *ops = graph->operators();
+        for (uint32_t o = 0; ops != nullptr && o < ops->size(); ++o) {
+            const tflite::Operator *op = ops->Get(o);
+            if (op->opcode_index() >= n_codes || !indices_ok(op->inputs(), n_tensors)
+                || !indices_ok(op->outputs(), n_tensors)) {
+                say(msg, cap, "subgraph %u operator %u refers to an op code or tensor that does not exist "
+                    "(%u tensors)", static_cast<unsigned>(g), static_cast<unsigned>(o),
+                    static_cast<unsigned>(n_tensors));
+                return HIL_E_LOAD_FAILED;
+            }
+        }
+    }
+    return 0;
+}
+
 // AllocateTensors failed in the reserved arena. Measure what the model needs with a probe arena taken
 // from the largest free block, so the message can say how much to reserve; the probe is freed at once.
 int explain_allocation_failure(const tflite::Model *model, char *msg, uint32_t cap)
@@ -195,7 +256,10 @@ extern "C" int inference_load(const uint8_t *model_data, uint32_t size, hil_mode
             TFLITE_SCHEMA_VERSION);
         return HIL_E_LOAD_FAILED;
     }
-    const int rc = check_ops(model, msg, msg_cap);
+    int rc = check_indices(model, msg, msg_cap);
+    if (rc == 0) {
+        rc = check_ops(model, msg, msg_cap);
+    }
     if (rc != 0) {
         return rc;
     }

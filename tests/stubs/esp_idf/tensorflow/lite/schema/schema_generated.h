@@ -44,11 +44,21 @@ struct OperatorCode {
 };
 
 struct Operator {
+    uint32_t opcode_index() const;
     const flatbuffers::Vector<int32_t> *inputs() const;
     const flatbuffers::Vector<int32_t> *outputs() const;
 };
 
+struct Tensor {
+    uint32_t buffer() const;
+};
+
+struct Buffer {
+    const flatbuffers::Vector<uint8_t> *data() const;
+};
+
 struct SubGraph {
+    const flatbuffers::Vector<flatbuffers::Offset<Tensor>> *tensors() const;
     const flatbuffers::Vector<int32_t> *inputs() const;
     const flatbuffers::Vector<int32_t> *outputs() const;
     const flatbuffers::Vector<flatbuffers::Offset<Operator>> *operators() const;
@@ -58,6 +68,7 @@ struct Model {
     uint32_t version() const;
     const flatbuffers::Vector<flatbuffers::Offset<OperatorCode>> *operator_codes() const;
     const flatbuffers::Vector<flatbuffers::Offset<SubGraph>> *subgraphs() const;
+    const flatbuffers::Vector<flatbuffers::Offset<Buffer>> *buffers() const;
 };
 
 const Model *GetModel(const void *buf);
