@@ -34,14 +34,12 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tty
 from dataclasses import dataclass
-from pathlib import Path
 
-from . import bootlog
+from . import bootlog, child
 from .errors import ConfigError, HarnessError, LinkError
 from .protocol import max_wire_bytes
 from .transport import open_link
@@ -53,7 +51,6 @@ READ_CHUNK = 65536
 MAX_BACKLOG = 1 << 20          # like a UART nobody reads: past this, bytes towards the host are lost
 PARTIAL_FLUSH_S = 0.05         # a run without its closing zero this old is not a frame in transit
 _MAX_RUN = max_wire_bytes()    # a longer run cannot be a frame
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _USAGE = ("use [to-board:|to-host:]KIND:ARGS with KIND one of ber:RATE, drop-bytes:RATE, drop-frames:RATE, "
           "dup-frames:RATE, stall:AFTER_BYTES:SECONDS, garbage:EVERY_N_FRAMES")
@@ -479,11 +476,7 @@ class Relay:
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
         if self.process is not None:
             raise RelayError("relay already started", "call stop() first")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self._stderr = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self._stderr, cwd=str(_REPO_ROOT), env=env)
+        self.process, self._stderr = child.spawn(self.command())
         line = self._line("PORT", timeout_s)
         self.url = line
         return self.url
@@ -510,11 +503,7 @@ class Relay:
                 self._fail("exited")
 
     def _fail(self, what: str) -> None:
-        tail = ""
-        if self._stderr is not None:
-            self._stderr.seek(0)
-            lines = [ln for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
-            tail = lines[-1].strip()[:300] if lines else ""
+        tail = child.last_stderr_line(self._stderr)
         self.stop()
         cause, _, hint = tail.partition(" -- fix: ")
         raise RelayError(f"link relay to {self.to_url} {what}" + (f": {cause}" if cause else ""),
@@ -531,26 +520,9 @@ class Relay:
         return json.loads(self._line("STATS", 5.0))
 
     def stop(self) -> None:
-        proc = self.process
-        if proc is not None:
-            if proc.poll() is None:
-                try:
-                    proc.stdin.close()  # the relay exits on stdin EOF
-                    proc.wait(timeout=5)
-                except (subprocess.TimeoutExpired, OSError):
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None and not stream.closed:
-                    stream.close()
+        child.stop(self.process, self._stderr)
         self.process = None
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
+        self._stderr = None
 
     def __enter__(self) -> Relay:
         self.start()

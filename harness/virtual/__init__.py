@@ -16,14 +16,13 @@ import os
 import select
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from .. import child
 from ..errors import LinkError
 
 START_TIMEOUT_S = 30.0
-_REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class VirtualBoardError(LinkError):
@@ -61,12 +60,7 @@ class VirtualBoard:
         """Start the board; returns what to open: the pty path, or the socket:// URL when tcp=True."""
         if self.process is not None:
             raise VirtualBoardError("virtual board already started", "call stop() first")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        # stderr goes to a file: a pipe nobody reads would block the board once it filled up.
-        self._stderr = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self._stderr, cwd=str(_REPO_ROOT), env=env)
+        self.process, self._stderr = child.spawn(self.command())
         want = ("PORT", "URL") if self.tcp else ("PORT",)
         found: dict[str, str] = {}
         deadline = time.monotonic() + timeout_s
@@ -105,33 +99,12 @@ class VirtualBoard:
                                 hint or "run python -m harness.virtual by hand to see its full output")
 
     def _stderr_tail(self) -> str:
-        if self._stderr is None:
-            return ""
-        self._stderr.seek(0)
-        lines = [ln.strip() for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
-        return (lines[-1] if lines else "no output")[:300]
+        return child.last_stderr_line(self._stderr, "no output")
 
     def stop(self) -> None:
-        proc = self.process
-        if proc is not None:
-            if proc.poll() is None:
-                try:
-                    proc.stdin.close()  # the board exits on stdin EOF
-                    proc.wait(timeout=5)
-                except (subprocess.TimeoutExpired, OSError):
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None and not stream.closed:
-                    stream.close()
+        child.stop(self.process, self._stderr)
         self.process = None
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
+        self._stderr = None
 
     def __enter__(self) -> VirtualBoard:
         self.start()
