@@ -448,6 +448,28 @@ static void on_model_end(hil_core_t *core, uint16_t seq)
     send_frame(core, HIL_T_MODEL_INFO, seq, 48);
 }
 
+/* INFER and DUMP both need a loaded model and exactly its input size; otherwise answer ERROR. */
+static int input_acceptable(hil_core_t *core, uint16_t seq, uint8_t type, uint32_t n)
+{
+    text_t t;
+
+    if (core->model_state != HIL_MODEL_LOADED) {
+        send_error(core, seq, type, HIL_E_BAD_STATE,
+                   core->model_state == HIL_MODEL_NONE ? "no model loaded" : "the stored model failed to load");
+        return 0;
+    }
+    if (n != core->model.input_bytes) {
+        t = start_text(core);
+        text_add(&t, "input is ");
+        text_add_u32(&t, n);
+        text_add(&t, " bytes, the model expects ");
+        text_add_u32(&t, core->model.input_bytes);
+        send_error_in_place(core, seq, type, HIL_E_BAD_INPUT_SIZE);
+        return 0;
+    }
+    return 1;
+}
+
 static void on_infer(hil_core_t *core, uint16_t seq, const uint8_t *pl, uint32_t n)
 {
     const hil_port_t *port = core->port;
@@ -461,20 +483,8 @@ static void on_infer(hil_core_t *core, uint16_t seq, const uint8_t *pl, uint32_t
     uint8_t repeat;
     uint8_t *p;
     int rc;
-    text_t t;
 
-    if (core->model_state != HIL_MODEL_LOADED) {
-        send_error(core, seq, HIL_T_INFER, HIL_E_BAD_STATE,
-                   core->model_state == HIL_MODEL_NONE ? "no model loaded" : "the stored model failed to load");
-        return;
-    }
-    if (n != core->model.input_bytes) {
-        t = start_text(core);
-        text_add(&t, "input is ");
-        text_add_u32(&t, n);
-        text_add(&t, " bytes, the model expects ");
-        text_add_u32(&t, core->model.input_bytes);
-        send_error_in_place(core, seq, HIL_T_INFER, HIL_E_BAD_INPUT_SIZE);
+    if (!input_acceptable(core, seq, HIL_T_INFER, n)) {
         return;
     }
     if (port->invoke == NULL) {
@@ -572,18 +582,7 @@ static void on_dump(hil_core_t *core, uint16_t seq, const uint8_t *pl, uint32_t 
     int rc;
     text_t t;
 
-    if (core->model_state != HIL_MODEL_LOADED) {
-        send_error(core, seq, HIL_T_DUMP, HIL_E_BAD_STATE,
-                   core->model_state == HIL_MODEL_NONE ? "no model loaded" : "the stored model failed to load");
-        return;
-    }
-    if (n != core->model.input_bytes) {
-        t = start_text(core);
-        text_add(&t, "input is ");
-        text_add_u32(&t, n);
-        text_add(&t, " bytes, the model expects ");
-        text_add_u32(&t, core->model.input_bytes);
-        send_error_in_place(core, seq, HIL_T_DUMP, HIL_E_BAD_INPUT_SIZE);
+    if (!input_acceptable(core, seq, HIL_T_DUMP, n)) {
         return;
     }
     sink.core = core;
