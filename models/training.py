@@ -200,7 +200,12 @@ def convert(model, representative: np.ndarray | None = None, int8_io: bool = Tru
 
 
 def interpreter(tflite: bytes, **kwargs):
-    """TFLite interpreter with the reference kernels (bit-exact with TFLM for these ops)."""
+    """TensorFlow's TFLite interpreter with the reference kernels, for the figures a recipe reports.
+
+    Not the bench's reference: TF ≥ 2.20's FULLY_CONNECTED requantizes in float and can differ from TFLM by
+    ±1 LSB, and tflite-runtime 2.14 (bit-exact with TFLM) cannot load in a process that imported TF. Cards
+    therefore quote what this gives; the bench re-measures on the board's path (models/README.md compares).
+    """
     import tensorflow as tf
 
     return tf.lite.Interpreter(model_content=tflite,
