@@ -291,13 +291,10 @@ extern "C" int inference_load(const uint8_t *model_data, uint32_t size, hil_mode
     return 0;
 }
 
-extern "C" int inference_invoke(const uint8_t *input, uint32_t input_len, uint8_t *output, uint32_t output_len,
-                                uint64_t *cycles, char *msg, uint32_t msg_cap)
+// Copies one input into the interpreter's input tensor; the core checked the size, this keeps the
+// interpreter safe on its own.
+static int set_input(const uint8_t *input, uint32_t input_len, char *msg, uint32_t msg_cap)
 {
-    if (s_interpreter == nullptr) {
-        say(msg, msg_cap, "no model loaded");
-        return HIL_E_BAD_STATE;
-    }
     TfLiteTensor *in = s_interpreter->input(0);
     if (input_len != in->bytes) {
         say(msg, msg_cap, "input is %u bytes, the model expects %u", static_cast<unsigned>(input_len),
@@ -305,6 +302,21 @@ extern "C" int inference_invoke(const uint8_t *input, uint32_t input_len, uint8_
         return HIL_E_BAD_INPUT_SIZE;
     }
     memcpy(in->data.data, input, input_len);
+    return 0;
+}
+
+
+extern "C" int inference_invoke(const uint8_t *input, uint32_t input_len, uint8_t *output, uint32_t output_len,
+                                uint64_t *cycles, char *msg, uint32_t msg_cap)
+{
+    if (s_interpreter == nullptr) {
+        say(msg, msg_cap, "no model loaded");
+        return HIL_E_BAD_STATE;
+    }
+    const int in_rc = set_input(input, input_len, msg, msg_cap);
+    if (in_rc != 0) {
+        return in_rc;
+    }
 
     // The counter is per core and 32 bits wide: the bench task is pinned, and unsigned subtraction is
     // exact across one wrap (17.9 s at 240 MHz, far beyond any invoke the bench times).
@@ -372,13 +384,10 @@ int send_tensor(hil_dump_sink_t sink, void *sink_ctx, uint16_t index, uint16_t c
 int run_and_send(const uint8_t *input, uint32_t input_len, hil_dump_sink_t sink, void *sink_ctx, char *msg,
                  uint32_t msg_cap)
 {
-    TfLiteTensor *in = s_interpreter->input(0);
-    if (input_len != in->bytes) {
-        say(msg, msg_cap, "input is %u bytes, the model expects %u", static_cast<unsigned>(input_len),
-            static_cast<unsigned>(in->bytes));
-        return HIL_E_BAD_INPUT_SIZE;
+    const int in_rc = set_input(input, input_len, msg, msg_cap);
+    if (in_rc != 0) {
+        return in_rc;
     }
-    memcpy(in->data.data, input, input_len);
     if (s_interpreter->Invoke() != kTfLiteOk) {
         say(msg, msg_cap, "Invoke() failed during DUMP");
         return HIL_E_INVOKE_FAILED;
