@@ -1,7 +1,9 @@
 """pytest plugin: `pytest --device ...` benchmarks every model on every device and gates regressions.
 
-Loaded through the `pytest11` entry point. Options are checked when pytest starts, so a wrong profile,
-model or data directory stops the run with one `ERROR: HILxxx ...` line before anything runs or is written.
+Loaded through the `pytest11` entry point, so it is in every pytest run of this repository: the HIL
+session (models, arena probes, records, baselines) is built only when HIL cases are collected, never for a
+run of unit tests. A wrong profile, model or data directory then stops the run with one `ERROR: HILxxx ...`
+line after collection, before anything runs or is written.
 Boards are opened when the first test needs them; a board that cannot be reached ends the session with one
 line and no report. Everything after that (mismatch, regression, a board that stops mid-run) is a test
 failure with one line, and the evidence goes into results.json and junit.xml.
@@ -27,6 +29,7 @@ from .transport import open_link
 
 REPO = Path(__file__).resolve().parent.parent
 _SESSION = pytest.StashKey["HilSession"]()
+_SETUP_ERROR = pytest.StashKey[str]()  # why the session could not be built
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -211,31 +214,52 @@ def _load_models(opt) -> list[Model]:
 # -- pytest hooks -----------------------------------------------------------------------------------------
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hil: a hardware-in-the-loop benchmark case")
-    if config.option.help or getattr(config.option, "collectonly", False) and not config.option.device:
-        return
-    try:
-        config.stash[_SESSION] = HilSession.from_config(config)
-    except HarnessError as err:
-        raise pytest.UsageError(str(err)) from None
 
 
 def _session(config: pytest.Config) -> HilSession | None:
+    """The HIL session if one was built (HIL cases were collected and the options are valid)."""
     return config.stash.get(_SESSION, None)
+
+
+def _build_session(config: pytest.Config) -> HilSession | None:
+    """Build the session once, the first time HIL cases are collected; a user mistake is kept as one line
+    for pytest_collection_finish, which ends the run before anything runs or is written."""
+    if _SESSION not in config.stash and _SETUP_ERROR not in config.stash:
+        try:
+            config.stash[_SESSION] = HilSession.from_config(config)
+        except HarnessError as err:
+            config.stash[_SETUP_ERROR] = str(err)
+    return _session(config)
+
+
+_SETUP_FAILED_ID = "hil-setup-failed"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "hil_case" not in metafunc.fixturenames:
         return
-    hil = _session(metafunc.config)
-    cases = hil.cases() if hil else []
+    hil = _build_session(metafunc.config)
+    if hil is None:  # one placeholder case, so that pytest_collection_finish sees HIL cases were wanted
+        metafunc.parametrize("hil_case", [None], ids=[_SETUP_FAILED_ID])
+        return
+    cases = hil.cases()
     metafunc.parametrize("hil_case", cases, ids=[f"{m.name}@{s.device}" for m, s in cases])
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    error = session.config.stash.get(_SETUP_ERROR, None)
+    if error is None:
+        return
+    # Only when HIL cases are still selected (-k / --deselect may have left only unit tests).
+    if any("hil_case" in getattr(item, "fixturenames", ()) for item in session.items):
+        raise pytest.UsageError(error)
 
 
 @pytest.fixture(scope="session")
 def hil(request: pytest.FixtureRequest) -> HilSession:
     session = _session(request.config)
     if session is None:
-        pytest.fail("the HIL plugin is not configured (run without --collect-only)")
+        pytest.fail("the HIL session was not built: no HIL case was collected", pytrace=False)
     return session
 
 
