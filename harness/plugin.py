@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from . import bench, data, gate, report
+from . import bench, data, gate, refcache, report
 from .board import Board
 from .errors import ConfigError, HarnessError
 from .model import Model, check_model, load_registry, load_user_model
@@ -58,6 +58,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--max-beats", type=int, default=None, help="stop after this many beats per model")
     g.addoption("--reference", default="tflite-ref", choices=REFERENCES,
                 help="host interpreter the device must match bit for bit (default tflite-ref = TFLite BUILTIN_REF)")
+    g.addoption("--reference-cache", default=None, metavar="DIR|off",
+                help="keep reference outputs on disk, keyed by model, input bytes and interpreter version "
+                     "(default $HIL_REFERENCE_CACHE or ~/.cache/hil-bench/reference; 'off' recomputes)")
     g.addoption("--warmup", type=int, default=10, help="beats left out of latency statistics")
     g.addoption("--window", type=int, default=None, help="INFER frames in flight (default: the profile's)")
     g.addoption("--out", default="out", help="directory for results.json and junit.xml (default out/)")
@@ -90,6 +93,7 @@ class HilSession:
     baseline_dir: Path
     update_baseline: bool
     options: dict
+    reference_cache: Path | None = None
     results: list[Result] = field(default_factory=list)
     aborted: str | None = None
 
@@ -113,13 +117,16 @@ class HilSession:
         out_dir = Path(opt.out)
         report.check_writable(out_dir)
         baseline_dir = Path(opt.baseline_dir)
+        cache = None
+        if (opt.reference_cache or "").lower() != "off":
+            cache = refcache.check_dir(Path(opt.reference_cache) if opt.reference_cache else refcache.default_dir())
         for slot in slots:  # a malformed baseline is a user mistake: say so before running anything
             gate.load_baseline(baseline_dir / f"{slot.profile.name}.json")
         return cls(models=models, slots=slots,
                    spec=bench.BenchSpec(mitdb_dir=mitdb, records=records, warmup=opt.warmup,
                                         max_beats=opt.max_beats),
                    reference=opt.reference, out_dir=out_dir, baseline_dir=baseline_dir,
-                   update_baseline=opt.update_baseline,
+                   update_baseline=opt.update_baseline, reference_cache=cache,
                    options={"baud": opt.baud, "window": opt.window, "build_dir": opt.build_dir,
                             "skip_flash": opt.skip_flash, "throttle": opt.virtual_throttle,
                             "faults": tuple(opt.virtual_fault or ())})
@@ -164,12 +171,22 @@ class HilSession:
                 slot.virtual.stop()
 
     # -- running ----------------------------------------------------------------------------------------
+    def references(self, model: Model):
+        """The reference and the cross-check interpreter for `model`, behind the disk cache when it is on."""
+        cross_name = "tflm" if self.reference != "tflm" else "tflite-ref"
+        refs = [make_reference(name, model.data, arena_size=1 << 20) for name in (self.reference, cross_name)]
+        if self.reference_cache is not None:
+            refs = [refcache.CachedReference(r, model.sha256, self.reference_cache) for r in refs]
+        return refs[0], refs[1]
+
     def run(self, model: Model, slot: DeviceSlot, progress) -> Result:
         board = self.board(slot)
-        ref = make_reference(self.reference, model.data, arena_size=1 << 20)
-        cross_name = "tflm" if self.reference != "tflm" else "tflite-ref"
-        cross = make_reference(cross_name, model.data, arena_size=1 << 20)
+        ref, cross = self.references(model)
         result = bench.run(board, model, slot.profile, slot.device, self.spec, ref, cross, on_progress=progress)
+        if self.reference_cache is not None:
+            result.provenance["reference_cache"] = {"dir": str(self.reference_cache),
+                                                    "hits": ref.hits + cross.hits,
+                                                    "misses": ref.misses + cross.misses}
         baseline = gate.load_baseline(self.baseline_dir / f"{slot.profile.name}.json")
         if baseline is not None and not self.update_baseline and result.status == "pass":
             gate.apply(result, gate.check(result, baseline))
