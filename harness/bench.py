@@ -169,7 +169,7 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     result.provenance["finished_at"] = _now()
     if result.status == "pass" and tally.mismatching:
         first = tally.first_mismatch
-        localisation = _localise(board, model, hello, tally.first_mismatch_input)
+        localisation = _localise(board, model, hello, tally.first_mismatch_input, reference=reference.name)
         result.bit_exact["localisation"] = localisation
         result.status = "fail"
         result.failure = {
@@ -183,7 +183,7 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     return result
 
 
-def _localise(board: Board, model: Model, hello, x: bytes | None) -> dict:
+def _localise(board: Board, model: Model, hello, x: bytes | None, reference: str = localize.REFERENCE) -> dict:
     """Dump the first mismatching beat on the board and name the first diverging op (harness/localize.py).
 
     Never raises: the mismatch is the verdict, localisation only explains it, so a board without DUMP
@@ -193,7 +193,8 @@ def _localise(board: Board, model: Model, hello, x: bytes | None) -> dict:
         return {"error": "no input kept for the first mismatch", "summary": "localisation not run"}
     try:
         dump = board.dump(x)
-        return localize.localise(model.data, x, dump, chip=hello.chip if hello else None).to_dict()
+        return localize.localise(model.data, x, dump, chip=hello.chip if hello else None,
+                                 reference=reference).to_dict()
     except HarnessError as err:
         return {"error": str(err), "summary": f"localisation failed: {err.code} {err.message[:160]}"}
     except Exception as exc:  # noqa: BLE001 - a bug here must not turn a mismatch verdict into a crash

@@ -1,10 +1,16 @@
 """Mismatch localisation: which op of the model first computed something different on the device.
 
 Given the model, one input and the board's DUMP of that input (every intermediate tensor, in execution
-order), the host reference runs the same input with all tensors preserved (tflite-runtime BUILTIN_REF,
-`experimental_preserve_all_tensors=True`) and the tensors are compared in op order. The first op whose
-output differs is named with what a kernel developer needs: op index and type, input/output shapes,
-quantization (scale, zero point), max |diff| and how many values differ.
+order), the run's host reference (`--reference`: tflite-ref, tflm or litert) computes the same input and
+the tensors are compared in op order. The first op whose output differs is named with what a kernel
+developer needs: op index and type, input/output shapes, quantization (scale, zero point), max |diff| and
+how many values differ.
+
+The host must really keep every intermediate tensor. Preserve-all modes are not trusted for that:
+tflite-runtime 2.14's `experimental_preserve_all_tensors=True` returns stale data for STRIDED_SLICE
+outputs (tcn_beat), which made localisation blame a correct device op. Instead every op output is declared
+an output of a copy of the model, and an interpreter must keep its outputs; tests/test_localize.py checks
+this copy against models cut off after each op, for every shipped model and every reference.
 
 Geometry flags point at known optimized-kernel pitfalls of that op (ESP-NN FULLY_CONNECTED with an
 output channel count that is not a multiple of 8 on the ESP32-S3; asymmetric SAME padding in CONV_2D and
@@ -17,10 +23,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .model import _interpreter_module, _schema, verify_flatbuffer
+from .errors import ConfigError
+from .model import _schema, open_interpreter, verify_flatbuffer
 from .protocol import DUMP_INPUT_OP, DumpedTensor
 
-REFERENCE = "tflite-ref"
+REFERENCE = "tflite-ref"  # the default; localise() compares with the run's reference
 _PADDING_SAME = 0  # tflite schema Padding enum
 
 
@@ -73,10 +80,10 @@ class Localisation:
 
 
 def localise(model_data: bytes, input: bytes, dump: list[DumpedTensor], *,  # noqa: A002 - the model input
-             chip: str | None = None) -> Localisation:
+             chip: str | None = None, reference: str = REFERENCE) -> Localisation:
     """Compare the device's dump with the host reference run on the same input, in op order."""
-    host = _HostRun(model_data, input)
-    result = Localisation(reference=REFERENCE)
+    host = _HostRun(model_data, input, reference)
+    result = Localisation(reference=reference)
     for tensor in sorted(dump, key=lambda t: t.index):
         expected = host.tensor(tensor.tensor_index)
         if expected is None:
@@ -94,7 +101,7 @@ def localise(model_data: bytes, input: bytes, dump: list[DumpedTensor], *,  # no
     if not dump:
         result.note = "the device dumped no tensors"
     else:
-        result.note = (f"all {result.tensors_compared} dumped tensors match {REFERENCE}: the difference arose "
+        result.note = (f"all {result.tensors_compared} dumped tensors match {reference}: the difference arose "
                        "after the interpreter (output copy, link) or does not reproduce")
     return result
 
@@ -127,32 +134,78 @@ def _total_same_padding(size: int, kernel: int, stride: int, dilation: int) -> i
     return max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
 
 
-class _HostRun:
-    """The reference interpreter after one invoke on the input, every tensor kept."""
+def kept_outputs_model(model_data: bytes) -> tuple[bytes, list[int]]:
+    """A copy of the model whose outputs are every op's outputs, in execution order (so an interpreter
+    must keep each of them), and that list of tensor indices."""
+    import flatbuffers
 
-    def __init__(self, model_data: bytes, input: bytes):  # noqa: A002
-        verify_flatbuffer(model_data, "model")  # tflite-runtime crashes on a corrupt buffer
-        interpreter_cls, resolver = _interpreter_module()
-        interp = interpreter_cls(model_content=model_data, experimental_op_resolver_type=resolver.BUILTIN_REF,
-                                 experimental_preserve_all_tensors=True)
-        interp.allocate_tensors()
-        detail = interp.get_input_details()[0]
-        x = np.frombuffer(bytes(input), dtype=detail["dtype"]).reshape(detail["shape"])
-        interp.set_tensor(detail["index"], x)
+    schema = _schema()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_data, 0))
+    graph = model.subgraphs[0]
+    inputs = {int(i) for i in graph.inputs}
+    outputs: list[int] = []
+    for op in graph.operators or []:
+        for t in op.outputs if op.outputs is not None else []:
+            if t >= 0 and int(t) not in inputs and int(t) not in outputs:
+                outputs.append(int(t))
+    graph.outputs = outputs
+    builder = flatbuffers.Builder(len(model_data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), outputs
+
+
+def run_kept(model_data: bytes, x: np.ndarray, reference: str = REFERENCE) -> dict[int, np.ndarray]:
+    """tensor index → value of every op output of one invoke of `reference` on input `x`."""
+    kept, outputs = kept_outputs_model(model_data)
+    if reference == "tflm":
+        from tflite_micro import runtime
+
+        # Every output lives to the end of the invoke: room for all of them (at 8 bytes an element) on top of
+        # the usual plan, and generous, since TFLM crashes rather than fails on a too-small arena.
+        schema = _schema()
+        graph = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(kept, 0)).subgraphs[0]
+        total = sum(int(np.prod(t.shape)) if t.shape is not None else 1 for t in graph.tensors or [])
+        interp = runtime.Interpreter.from_bytes(kept, arena_size=max(1 << 20, 16 * total + (1 << 18)))
+        interp.set_input(x, 0)
         interp.invoke()
-        self.interp = interp
-        self.details = {int(t["index"]): t for t in interp.get_tensor_details()}
-        self.ops = {int(op["index"]): op for op in interp._get_ops_details()}  # noqa: SLF001
+        return {t: np.array(interp.get_output(i)) for i, t in enumerate(outputs)}
+    if reference == "litert":
+        try:
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        except ImportError:
+            raise ConfigError("reference 'litert' needs the ai-edge-litert package, which is not installed",
+                              "pip install ai-edge-litert, or use --reference tflite-ref") from None
+        interp = Interpreter(model_content=kept, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    elif reference == "tflite-ref":
+        interp = open_interpreter(kept, "model")
+    else:
+        raise ConfigError(f"unknown reference '{reference}'", "use tflite-ref, tflm or litert")
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    return {int(d["index"]): np.array(interp.get_tensor(d["index"])) for d in interp.get_output_details()}
+
+
+class _HostRun:
+    """The reference's every tensor after one invoke on the input; names, shapes and quantization from
+    tflite-runtime's view of the unchanged model."""
+
+    def __init__(self, model_data: bytes, input: bytes, reference: str = REFERENCE):  # noqa: A002
+        verify_flatbuffer(model_data, "model")  # the C++ interpreters crash on a corrupt buffer
+        meta = open_interpreter(model_data, "model")
+        meta.allocate_tensors()
+        self.details = {int(t["index"]): t for t in meta.get_tensor_details()}
+        self.ops = {int(op["index"]): op for op in meta._get_ops_details()}  # noqa: SLF001
+        detail = meta.get_input_details()[0]
+        x = np.frombuffer(bytes(input), dtype=detail["dtype"]).reshape(detail["shape"])
+        self.values = {int(detail["index"]): x, **run_kept(model_data, x, reference)}
         schema = _schema()
         self.graph = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_data, 0)).subgraphs[0]
 
     def tensor(self, index: int) -> np.ndarray | None:
-        if index not in self.details:
-            return None
-        try:
-            return np.array(self.interp.get_tensor(index))
-        except ValueError:  # a tensor without data (optional input)
-            return None
+        """The tensor's value, or None for a tensor that is neither the input nor an op output."""
+        value = self.values.get(index)
+        return None if value is None else value.reshape(self.details[index]["shape"])
 
     def _quant(self, index: int) -> dict | None:
         scale, zero_point = self.details[index]["quantization"]

@@ -16,8 +16,8 @@ import pytest
 from harness import bench, protocol
 from harness.board import Board
 from harness.errors import BoardError
-from harness.localize import _HostRun, geometry_hints, localise
-from harness.model import _interpreter_module
+from harness.localize import _HostRun, geometry_hints, localise, run_kept
+from harness.model import _interpreter_module, open_interpreter
 from harness.protocol import DUMP_INPUT_OP, DumpAssembler, DumpChunk, MsgType, encode_frame
 from harness.transport import open_link
 from harness.virtual import VirtualBoard
@@ -136,7 +136,7 @@ def test_virtual_board_dump_matches_the_preserved_host_tensors(tmp_path):
             x = _inputs(187)
             dump = board.dump(x)
             host = _HostRun(data, x)
-            ops = host.interp._get_ops_details()  # noqa: SLF001
+            ops = [host.ops[i] for i in sorted(host.ops)]
             # The input, then every op's output, in op order, each equal to the host's preserved tensor.
             assert [t.op_index for t in dump] == [DUMP_INPUT_OP] + list(range(len(ops)))
             assert [t.tensor_index for t in dump[1:]] == [int(op["outputs"][0]) for op in ops]
@@ -145,6 +145,87 @@ def test_virtual_board_dump_matches_the_preserved_host_tensors(tmp_path):
                 assert tensor.dtype == expected.dtype.name
                 assert tensor.data == expected.tobytes(), (path.name, tensor.tensor_index)
             assert localise(data, x, dump).first is None
+
+
+# ---- every shipped model: the host keeps every tensor, and a fault in op K is localised to K -------------
+
+def _shipped() -> list[tuple[str, bytes]]:
+    import yaml
+
+    entries = yaml.safe_load((REPO / "models" / "registry.yaml").read_text())["models"]
+    return [(e["name"], (REPO / "models" / e["file"]).read_bytes()) for e in entries]
+
+
+SHIPPED = _shipped()
+
+
+def _cut_after(model_data: bytes, op: int, tensor: int) -> bytes:
+    """The model with only ops 0..op, and `tensor` as its one output: a tensor any interpreter must keep."""
+    import flatbuffers
+
+    from harness.model import _schema
+
+    schema = _schema()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_data, 0))
+    model.subgraphs[0].operators = model.subgraphs[0].operators[:op + 1]
+    model.subgraphs[0].outputs = [tensor]
+    builder = flatbuffers.Builder(len(model_data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _run_output(model_data: bytes, x: np.ndarray, reference: str) -> np.ndarray:
+    if reference == "tflm":
+        from tflite_micro import runtime
+
+        interp = runtime.Interpreter.from_bytes(model_data, arena_size=1 << 21)
+        interp.set_input(x, 0)
+        interp.invoke()
+        return np.array(interp.get_output(0))
+    interp = open_interpreter(model_data)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    return np.array(interp.get_tensor(interp.get_output_details()[0]["index"]))
+
+
+@pytest.mark.parametrize("reference", ["tflite-ref", "tflm"])
+@pytest.mark.parametrize("name,data", SHIPPED, ids=[n for n, _ in SHIPPED])
+def test_every_host_tensor_is_the_one_the_op_computed(name, data, reference):
+    """Each intermediate the localiser compares with equals the output of the model cut off after that op
+    (tflite-runtime's preserve-all mode failed this on tcn_beat's STRIDED_SLICE outputs)."""
+    detail = open_interpreter(data).get_input_details()[0]
+    x = np.random.default_rng(9).integers(-128, 128, size=detail["shape"], dtype=np.int8)
+    kept = run_kept(data, x, reference)
+    ops = open_interpreter(data)._get_ops_details()  # noqa: SLF001
+    assert set(kept) == {int(t) for op in ops for t in op["outputs"] if t >= 0}
+    for op in ops:
+        for t in op["outputs"]:
+            expected = _run_output(_cut_after(data, int(op["index"]), int(t)), x, reference)
+            assert np.array_equal(kept[int(t)].reshape(-1), expected.reshape(-1)), (name, op["index"], op["op_name"])
+
+
+@pytest.mark.parametrize("reference", ["tflite-ref", "tflm"])
+@pytest.mark.parametrize("name,data", SHIPPED, ids=[n for n, _ in SHIPPED])
+def test_a_fault_in_op_k_is_localised_to_k(name, data, reference):
+    """The virtual board's `corrupt-layer:K` computation (harness/virtual/layers.py), dumped as DUMP sends
+    it, for every op K of every shipped model: the localiser must name op K and nothing earlier."""
+    from harness.virtual.layers import LayerRunner
+
+    detail = open_interpreter(data).get_input_details()[0]
+    x = np.random.default_rng(3).integers(-128, 128, size=detail["shape"], dtype=np.int8)
+    ops = open_interpreter(data)._get_ops_details()  # noqa: SLF001
+    clean = LayerRunner(data, 1 << 17).dump(x)
+    dump = [protocol.DumpedTensor(i, p.tensor_index, p.op_index, p.type, raw) for i, (p, raw) in enumerate(clean)]
+    assert localise(data, x.tobytes(), dump, reference=reference).first is None, name
+    for k, op in enumerate(ops):
+        planned = LayerRunner(data, 1 << 17, corrupt_op=k).dump(x)
+        dump = [protocol.DumpedTensor(i, p.tensor_index, p.op_index, p.type, raw)
+                for i, (p, raw) in enumerate(planned)]
+        found = localise(data, x.tobytes(), dump, reference=reference)
+        assert found.reference == reference
+        assert found.first is not None and found.first.op_index == k, (name, k, op["op_name"], found.summary)
+        assert found.first.op == op["op_name"] and found.first.values_differ == 1, found.summary
 
 
 # ---- geometry hints ----------------------------------------------------------------------------------------
@@ -203,6 +284,26 @@ def test_corrupt_layer_fault_is_localised_to_that_op(tmp_path):
     assert loc["first"]["values_differ"] == 1 and loc["first"]["output_quant"]["zero_point"] == -128
     junit = (out / "junit.xml").read_text()
     assert 'name="first_diverging_op_index" value="3"' in junit
+
+
+@pytest.mark.parametrize("fault,reference,expected", [
+    # The reported bug: tcn_beat's op 2 (STRIDED_SLICE) was blamed for any fault after it.
+    ("corrupt-layer:7", "tflm", "first diverging op #7 ADD ("),
+    ("flip-lsb:5", "tflite-ref", "all 25 dumped tensors match tflite-ref"),
+])
+def test_tcn_beat_fault_is_localised_where_it_was_made(tmp_path, fault, reference, expected):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pytest", str(REPO / "tests" / "hil"), "-q", "--out", str(out),
+           "--baseline-dir", str(tmp_path / "baselines"), "--records", "213", "--max-beats", "12",
+           "--models", "tcn_beat", "--virtual-fault", fault, "--reference", reference]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text
+    line = next(line for line in text.splitlines() if "HIL501" in line)
+    assert expected in line, line
+    (result,) = json.loads((out / "results.json").read_text())["results"]
+    assert result["bit_exact"]["localisation"]["reference"] == reference
 
 
 def test_dump_chunk_claiming_more_than_the_arena_is_refused():
