@@ -1,45 +1,8 @@
-/* Stands in for ESP-IDF's generated build/config/sdkconfig.h, for a syntax check without ESP-IDF.
- * Each variant mirrors firmware/sdkconfig.defaults + sdkconfig.defaults.<target>. */
+/* Stands in for ESP-IDF's generated sdkconfig.h when tests/test_firmware.py runs model_store.c on the host
+ * over a fake flash partition. Only the option model_store.c reads: -DHIL_STUB_MODEL_IN_RAM selects the
+ * RAM-copy build (CONFIG_HIL_MODEL_IN_RAM), the default is the flash-mapped one. */
 #pragma once
 
-#if defined(HIL_STUB_TARGET_ESP32C3)
-#define CONFIG_IDF_TARGET "esp32c3"
-#define CONFIG_IDF_TARGET_ESP32C3 1
-#define CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ 160
-#define CONFIG_FREERTOS_UNICORE 1
-#define CONFIG_HIL_LINK_USB_SERIAL_JTAG 1
-#define CONFIG_HIL_ARENA_SIZE 65536
-#define CONFIG_HIL_TASK_CORE 0
-#define CONFIG_NN_ANSI_C 1
-#elif defined(HIL_STUB_TARGET_ESP32S3)
-#define CONFIG_IDF_TARGET "esp32s3"
-#define CONFIG_IDF_TARGET_ESP32S3 1
-#define CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ 240
-#define CONFIG_SPIRAM 1
-#define CONFIG_HIL_LINK_UART 1
-#define CONFIG_HIL_LINK_UART_NUM 0
-#define CONFIG_HIL_LINK_UART_TX_GPIO -1
-#define CONFIG_HIL_LINK_UART_RX_GPIO -1
-#define CONFIG_HIL_ARENA_SIZE 131072
-#define CONFIG_HIL_ARENA_IN_PSRAM 1
+#if defined(HIL_STUB_MODEL_IN_RAM)
 #define CONFIG_HIL_MODEL_IN_RAM 1
-#define CONFIG_HIL_TASK_CORE 1
-#define CONFIG_NN_OPTIMIZED 1
-#else
-#define CONFIG_IDF_TARGET "esp32"
-#define CONFIG_IDF_TARGET_ESP32 1
-#define CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ 240
-#define CONFIG_HIL_LINK_UART 1
-#define CONFIG_HIL_LINK_UART_NUM 0
-#define CONFIG_HIL_LINK_UART_TX_GPIO -1
-#define CONFIG_HIL_LINK_UART_RX_GPIO -1
-#define CONFIG_HIL_ARENA_SIZE 98304
-#define CONFIG_HIL_TASK_CORE 1
-#define CONFIG_NN_OPTIMIZED 1
 #endif
-
-#define CONFIG_HIL_LINK_BAUD 921600
-#define CONFIG_HIL_LINK_RX_BUFFER 16384
-#define CONFIG_HIL_TASK_STACK_SIZE 12288
-#define CONFIG_HIL_TASK_PRIORITY 5
-#define CONFIG_FREERTOS_HZ 1000
