@@ -592,11 +592,28 @@ class Board:
             err = DeviceError.parse(frame.payload)
         except ProtocolError:
             err = DeviceError(0, 0, frame.payload.hex())
-        code = err.code if 0 < err.code < 100 else 99
         request = type_name(err.request_type)
         where = f" at beat {context['beat']}" if "beat" in context else ""
         return BoardError(f"{self.name} refused {request}{where}: {err.name}: {err.message}",
-                          _hint(err.code, context), device_code=err.code, code=f"HIL4{code:02d}")
+                          _hint(err.code, context), device_code=err.code,
+                          code=_BOARD_ERROR_CODES.get(err.code, "HIL499"))
+
+
+# The device's ERROR code → the harness code (HIL4 + the device code), written out so that each code can be
+# found in the source and in docs/errors.md; a code this harness does not know is HIL499.
+_BOARD_ERROR_CODES = {
+    DeviceErrorCode.BAD_STATE: "HIL401",
+    DeviceErrorCode.TOO_LARGE: "HIL402",
+    DeviceErrorCode.SHA_MISMATCH: "HIL403",
+    DeviceErrorCode.BAD_OFFSET: "HIL404",
+    DeviceErrorCode.LOAD_FAILED: "HIL405",
+    DeviceErrorCode.BAD_INPUT_SIZE: "HIL406",
+    DeviceErrorCode.INVOKE_FAILED: "HIL407",
+    DeviceErrorCode.UNKNOWN_TYPE: "HIL408",
+    DeviceErrorCode.BAD_LENGTH: "HIL409",
+    DeviceErrorCode.STORE_FAILED: "HIL410",
+    DeviceErrorCode.ARENA_TOO_SMALL: "HIL411",
+}
 
 
 def _device_code(frame: Frame) -> int:
