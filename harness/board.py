@@ -10,6 +10,7 @@ index exactly once. It survives a board that restarts mid-stream (see Board._rec
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -594,6 +595,8 @@ class Board:
             err = DeviceError(0, 0, frame.payload.hex())
         request = type_name(err.request_type)
         where = f" at beat {context['beat']}" if "beat" in context else ""
+        context = {**context, "message": err.message,
+                   "chip": self.last_hello.chip if self.last_hello is not None else None}
         return BoardError(f"{self.name} refused {request}{where}: {err.name}: {err.message}",
                           _hint(err.code, context), device_code=err.code,
                           code=_BOARD_ERROR_CODES.get(err.code, "HIL499"))
@@ -623,6 +626,24 @@ def _device_code(frame: Frame) -> int:
         return 0
 
 
+_NEEDS = re.compile(r"needs (\d+) bytes of tensor arena")
+
+
+def _arena_hint(message: str, arena: int | None, chip: str | None) -> str:
+    """The fix for ARENA_TOO_SMALL, with the bytes the device (or the virtual board's probe) measured."""
+    match = _NEEDS.search(message)
+    have = f" (it reserves {arena})" if arena else ""
+    if match is None:
+        return (f"the firmware's tensor arena is too small{have}: raise CONFIG_HIL_ARENA_SIZE and the profile's "
+                "arena_bytes and rebuild the firmware, or use a smaller model")
+    need = int(match.group(1))
+    if chip == "virtual":
+        return f"raise arena_bytes in the device profile to at least {need}{have}, or use a smaller model"
+    where = f"firmware/sdkconfig.defaults.{chip}" if chip else "firmware/sdkconfig.defaults.<target>"
+    return (f"raise CONFIG_HIL_ARENA_SIZE to at least {need} in {where} and arena_bytes in the device profile to "
+            f"match{have}, then rebuild and flash; or use a smaller model")
+
+
 def _hint(code: int, context: dict) -> str:
     size, capacity, arena = context.get("size"), context.get("capacity"), context.get("arena")
     if code == DeviceErrorCode.TOO_LARGE:
@@ -631,8 +652,7 @@ def _hint(code: int, context: dict) -> str:
         return (f"model is {size} bytes, the board's model store holds {capacity}: shrink the model or use a "
                 "profile with a larger model partition")
     if code == DeviceErrorCode.ARENA_TOO_SMALL:
-        return (f"the firmware reserves {arena} bytes of tensor arena: raise arena_bytes in the device profile "
-                "and rebuild the firmware, or use a smaller model")
+        return _arena_hint(context.get("message") or "", arena, context.get("chip"))
     return {
         DeviceErrorCode.BAD_STATE: "the board lost its upload or model state (reset mid-run?): run again",
         DeviceErrorCode.SHA_MISMATCH: "the stored bytes differ from the sent ones: check the cable and baud "

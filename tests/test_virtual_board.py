@@ -145,6 +145,20 @@ def test_tiny_arena_reports_both_sizes(tmp_path):
     assert match, str(err.value)
     need, have = int(match.group(1)), int(match.group(2))
     assert have == 1024 and need > have
+    # The fix names the measured need (virtual board: the profile's arena is the board's arena).
+    assert err.value.code == "HIL411"
+    assert f"raise arena_bytes in the device profile to at least {need}" in err.value.hint
+
+
+def test_arena_hint_for_a_real_board_names_the_kconfig_option():
+    from harness.board import _arena_hint
+
+    msg = ("model needs 140304 bytes of tensor arena, this firmware reserves 131072: raise CONFIG_HIL_ARENA_SIZE "
+           "to 140304 and the profile's arena_bytes")
+    hint = _arena_hint(msg, 131072, "esp32s3")
+    assert "CONFIG_HIL_ARENA_SIZE to at least 140304 in firmware/sdkconfig.defaults.esp32s3" in hint
+    # A firmware message without a figure (no free block to probe with) still gets the generic fix.
+    assert "CONFIG_HIL_ARENA_SIZE" in _arena_hint("AllocateTensors failed with a 98304-byte arena", 98304, "esp32")
 
 
 def test_flip_lsb_fault_hits_exactly_that_beat(tmp_path, conv_ref):
