@@ -105,6 +105,7 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
             "version": hello.fw_version, "build_hash": hello.build_hash, "chip": hello.chip,
             "cpu_mhz": hello.cpu_mhz, "kernel_mode": hello.kernel_mode,
         }
+        result.provenance["protocol"] = hello.protocol  # "hil/1.1", or "hil/1" for a v1 board
         result.provenance["model_uploaded"] = uploaded
         result.memory.update(
             arena_used_bytes=info.arena_used, arena_size_bytes=hello.arena_size,
@@ -297,10 +298,12 @@ def _finish(result: Result, tally: _Tally, model: Model, hello, spec: BenchSpec,
             "source": hello.timing_source,
             "cpu_mhz": hello.cpu_mhz,
             "cycles": metrics.latency(cycles, spec.warmup),
-            "us": metrics.latency(cycles / hello.cpu_mhz, spec.warmup),
+            # cpu_mhz 0: no meaningful clock (docs/protocol.md §10), so cycles are not turned into time.
+            "us": metrics.latency(cycles / hello.cpu_mhz, spec.warmup) if hello.cpu_mhz else None,
         }
         result.host_time = {
-            "source": "host_wall" if hello.timing_source == "static_estimate" else "device_clock",
+            "source": ("host_wall" if hello.timing_source in ("static_estimate", "host_clock")
+                       else "device_clock"),
             "invoke_us": metrics.latency(np.asarray(tally.wall_ns, dtype=np.float64) / 1e3, spec.warmup),
         }
     result.throughput = {"source": "host_wall", "beats_per_s": tally.verified / wall_s if wall_s else None,

@@ -107,7 +107,8 @@ class Board:
 
     def hello(self, attempts: int = 3) -> Hello:
         """Ask the board what it is. Sends HELLO up to `attempts` times within timeout_s (a board that
-        was just reset may still be printing its boot log)."""
+        was just reset may still be printing its boot log). HELLO offers protocol v1.1; a v1 board answers
+        the v1 layout and the session is v1 (`Hello.protocol`)."""
         self.link.reset_input()
         frame = self._exchange(MsgType.HELLO, protocol.hello(), MsgType.HELLO_ACK, budget_s=self.timeout_s,
                                resend_every_s=self.timeout_s / max(1, attempts), max_resends=attempts - 1)

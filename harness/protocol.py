@@ -1,4 +1,7 @@
-"""HIL wire protocol version 1 (docs/protocol.md): frame codec and message payloads. No I/O here.
+"""HIL wire protocol version 1.1 (docs/protocol.md): frame codec and message payloads. No I/O here.
+
+Version 1.1 is negotiated in HELLO (the host sends the highest minor version it speaks; a v1.1 device
+answers with an extension after HELLO_ACK's strings); a v1 board answers the v1 layout and keeps working.
 
 A frame on the wire is `0x00 | COBS(body) | 0x00`, body = `ver u8 | type u8 | seq u16 | payload | crc32`.
 `encode_frame` builds one, `FrameDecoder` finds frames in a byte stream that may also carry boot-ROM and
@@ -17,6 +20,7 @@ from cobs import cobs
 from .errors import ProtocolError
 
 PROTO_VERSION = 1
+PROTO_MINOR = 1  # highest minor version this harness speaks
 MAX_PAYLOAD = 4096
 HEADER_BYTES = 4
 CRC_BYTES = 4
@@ -72,7 +76,7 @@ class ModelState(IntEnum):
 
 
 KERNEL_MODES = {0: "unknown", 1: "reference", 2: "esp-nn"}
-TIMING_SOURCES = {0: "device_cycles", 1: "static_estimate"}
+TIMING_SOURCES = {0: "device_cycles", 1: "static_estimate", 2: "host_clock"}
 
 RESULT_FLAG_REPEAT = 0x01
 
@@ -218,11 +222,13 @@ def _code_of(table: dict[int, str], name: str) -> int:
 
 
 _HELLO_FIXED = struct.Struct("<BBBBHHIII32sI")
+_HELLO_EXT = struct.Struct("<BIH")  # v1.1, after the strings: proto_minor, rx_buffer, reset_ms
 
 
 @dataclass
 class Hello:
-    """HELLO_ACK: what the board is and what it holds."""
+    """HELLO_ACK: what the board is and what it holds. The last three fields are the v1.1 extension; a v1
+    board leaves them 0 (`protocol` then says "hil/1")."""
 
     proto_version: int
     kernel_mode: str
@@ -238,10 +244,18 @@ class Hello:
     fw_version: str
     chip: str
     build_hash: str
+    proto_minor: int = 0
+    rx_buffer: int = 0
+    reset_ms: int = 0
 
     @property
     def model_loaded(self) -> bool:
         return self.model_state == ModelState.LOADED
+
+    @property
+    def protocol(self) -> str:
+        """The version this session speaks, as results record it: "hil/1.1" or "hil/1"."""
+        return f"hil/{self.proto_version}.{self.proto_minor}" if self.proto_minor else f"hil/{self.proto_version}"
 
     @classmethod
     def parse(cls, payload: bytes) -> Hello:
@@ -256,8 +270,12 @@ class Hello:
             _need(payload, pos + 1 + n, f"HELLO_ACK ({field_name})")
             strings.append(payload[pos + 1:pos + 1 + n].decode("utf-8", "replace"))
             pos += 1 + n
+        ext = (0, 0, 0)
+        if len(payload) > pos:  # v1.1 extension; bytes after it belong to later minor versions: ignored
+            _need(payload, pos + _HELLO_EXT.size, "HELLO_ACK (v1.1 extension)")
+            ext = _HELLO_EXT.unpack_from(payload, pos)
         return cls(ver, _name_of(KERNEL_MODES, kernel), _name_of(TIMING_SOURCES, timing), state, mhz,
-                   max_payload, arena, capacity, size, sha.hex(), used, *strings)
+                   max_payload, arena, capacity, size, sha.hex(), used, *strings, *ext)
 
     def pack(self) -> bytes:
         fixed = _HELLO_FIXED.pack(self.proto_version, _code_of(KERNEL_MODES, self.kernel_mode),
@@ -268,6 +286,8 @@ class Hello:
         for text in (self.fw_version, self.chip, self.build_hash):
             raw = text.encode()[:255]
             out.append(bytes([len(raw)]) + raw)
+        if self.proto_minor:
+            out.append(_HELLO_EXT.pack(self.proto_minor, self.rx_buffer, self.reset_ms))
         return b"".join(out)
 
 
@@ -480,8 +500,9 @@ def parse_nak(payload: bytes) -> int:
 # ---------------------------------------------------------------------------------------------------
 # Request payloads (host → device); the Board applies the seq.
 
-def hello() -> bytes:
-    return b""
+def hello(minor: int = PROTO_MINOR) -> bytes:
+    """HELLO: v1.1 sends the highest minor version the host speaks; minor 0 is the empty v1 HELLO."""
+    return bytes([minor]) if minor else b""
 
 
 def model_begin(size: int, sha256: bytes) -> bytes:

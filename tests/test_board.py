@@ -200,6 +200,17 @@ def test_hello(rig):
     assert hello.model_state == 0 and board.last_hello is hello
 
 
+def test_v1_board_keeps_working_and_is_recorded_as_v1(rig):
+    # The peer answers the v1 HELLO_ACK layout whatever the host offers: a v1 board.
+    board, peer = rig()
+    hello = board.hello()
+    assert (hello.protocol, hello.proto_minor, hello.rx_buffer) == ("hil/1", 0, 0)
+    info, uploaded = board.ensure_model(b"m" * 300)
+    assert uploaded and info.model_size == 300
+    got, _stats, _ = _stream(board, 20)
+    assert sorted(got) == list(range(20))
+
+
 def test_hello_through_boot_log_noise(rig):
     board, peer = rig(chatty=True)
     assert board.hello().fw_version == "0.1.0"

@@ -73,11 +73,27 @@ def test_unit_tests_fail_on_a_broken_golden_file(tmp_path):
     flipped = f"{last ^ 0x01 if last != 0x01 else 0x02:02x}"
     lines[index] = " ".join([name, ftype, seq, payload, wire[:-4] + flipped + "00"])
     broken.write_text("\n".join(lines) + "\n")
+    (tmp_path / "rejects.txt").write_text((GOLDEN.parent / "rejects.txt").read_text())
     exe = tmp_path / "test_core"
     assert _build_and_run_unit_tests(exe, ["-O0"]).returncode == 0
     result = _run([str(exe), str(broken)])
     assert result.returncode != 0
     assert "chunk_ack" in result.stderr
+
+
+def test_unit_tests_fail_on_a_broken_reject(tmp_path):
+    # The rejects file is judged too: a NAK reason that the core does not give fails the run.
+    (tmp_path / "frames.txt").write_text(GOLDEN.read_text())
+    lines = (GOLDEN.parent / "rejects.txt").read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("bad_crc "))
+    name, _reason, wire = lines[index].split()
+    lines[index] = f"{name} 3 {wire}"
+    (tmp_path / "rejects.txt").write_text("\n".join(lines) + "\n")
+    exe = tmp_path / "test_core"
+    assert _build_and_run_unit_tests(exe, ["-O0"]).returncode == 0
+    result = _run([str(exe), str(tmp_path / "frames.txt")])
+    assert result.returncode != 0
+    assert "bad_crc" in result.stderr
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler on PATH")

@@ -27,6 +27,7 @@ from harness.protocol import (
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "frames.txt"
+REJECTS = Path(__file__).parent / "golden" / "rejects.txt"
 
 
 def _golden() -> dict[str, tuple[int, int, bytes, bytes]]:
@@ -41,6 +42,8 @@ def _golden() -> dict[str, tuple[int, int, bytes, bytes]]:
 
 
 VECTORS = _golden()
+ENCODED = sorted(name for name in VECTORS if not name.startswith("accept_"))  # accept_*: decode-only
+REJECTED = [line.split() for line in REJECTS.read_text().splitlines() if line and not line.startswith("#")]
 BOOT_LOG = (b"ets Jun  8 2016 00:22:57\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
             b"configsip: 0, SPIWP:0xee\r\nclk_drv:0x00,q_drv:0x00,d_drv:0x00,cs0_drv:0x00,hd_drv:0x00\r\n"
             b"mode:DIO, clock div:2\r\nload:0x3fff0030,len:7104\r\nentry 0x400805f0\r\n"
@@ -54,7 +57,7 @@ def test_golden_file_covers_every_message_kind():
     assert missing == {MsgType.MODEL_BEGIN_ACK}
 
 
-@pytest.mark.parametrize("name", sorted(VECTORS))
+@pytest.mark.parametrize("name", ENCODED)
 def test_golden_encode(name):
     ftype, seq, payload, wire = VECTORS[name]
     assert encode_frame(ftype, seq, payload) == wire
@@ -66,6 +69,51 @@ def test_golden_decode(name):
     dec = FrameDecoder()
     assert dec.feed(wire) == [Frame(ftype, seq, payload)]
     assert (dec.frames_ok, dec.bad_frames, dec.garbage_bytes) == (1, 0, 0)
+
+
+def test_golden_v11_cases_are_there():
+    """Protocol v1.1 (docs/protocol.md): a vector for every NAK reason and ERROR code, the COBS body that
+    ends exactly on a 254-byte block, and a tensor dumped in more than one DUMP_TENSOR chunk."""
+    naks = {protocol.parse_nak(p) for t, _s, p, _w in VECTORS.values() if t == MsgType.NAK}
+    assert naks == {int(r) for r in NakReason}
+    errors = {DeviceError.parse(p).code for t, _s, p, _w in VECTORS.values() if t == MsgType.ERROR}
+    assert errors == {int(c) for c in DeviceErrorCode}
+    assert {int(reason) for _n, reason, _w in REJECTED} == {int(r) for r in NakReason}
+    assert len(VECTORS["cobs_block_254"][3]) == 257 and VECTORS["cobs_block_254"][3][1] == 0xFF
+    chunks = [protocol.DumpChunk.parse(VECTORS[n][2]) for n in ("dump_chunk_0", "dump_chunk_1")]
+    assert chunks[0].total == chunks[1].total == 5000 and chunks[1].offset == len(chunks[0].data)
+
+
+def test_golden_dump_chunks_reassemble():
+    parts = protocol.DumpAssembler()
+    for name in ("dump_tensor_input", "dump_chunk_1", "dump_chunk_0"):  # any order
+        parts.add(protocol.DumpChunk.parse(VECTORS[name][2]))
+    assert parts.complete(2)
+    big = parts.tensors()[1].data
+    assert big == bytes((i * 7 + (i >> 8)) & 0xFF for i in range(5000))
+
+
+@pytest.mark.parametrize("name,reason,wire", REJECTED, ids=[r[0] for r in REJECTED])
+def test_golden_rejects_are_dropped_without_a_frame(name, reason, wire):
+    raw = bytes.fromhex(wire)
+    dec = FrameDecoder()
+    assert dec.feed(raw) == []
+    assert dec.bad_frames == 1 and dec.garbage_bytes == len(raw) - 2
+    # The stream goes on: a good frame right after it is found.
+    assert dec.feed(VECTORS["hello"][3]) == [Frame(MsgType.HELLO, 0, b"")]
+
+
+def test_hello_v11_negotiation_payloads():
+    assert protocol.hello() == VECTORS["hello_v11"][2] == bytes([protocol.PROTO_MINOR])
+    assert protocol.hello(0) == VECTORS["hello"][2] == b""
+    v11 = Hello.parse(VECTORS["hello_ack_v11"][2])
+    assert (v11.proto_minor, v11.rx_buffer, v11.reset_ms, v11.protocol) == (1, 16384, 3000, "hil/1.1")
+    assert v11.pack() == VECTORS["hello_ack_v11"][2]
+    v1 = Hello.parse(VECTORS["hello_ack"][2])
+    assert (v1.proto_minor, v1.rx_buffer, v1.protocol) == (0, 0, "hil/1")
+    assert v1.pack() == VECTORS["hello_ack"][2]
+    # Bytes after the v1.1 extension belong to a later minor version: ignored, not an error.
+    assert Hello.parse(VECTORS["hello_ack_v11"][2] + b"\x07\x08").rx_buffer == 16384
 
 
 def test_crc_is_ieee_reflected():
@@ -255,7 +303,7 @@ def test_request_builders_match_golden_payloads():
     sha = hashlib.sha256(b"model").digest()
     assert protocol.model_begin(5, sha) == VECTORS["model_begin"][2]
     assert protocol.model_chunk(0, b"model") == VECTORS["model_chunk"][2]
-    assert protocol.hello() == protocol.model_end() == protocol.reset() == b""
+    assert protocol.hello(0) == protocol.model_end() == protocol.reset() == b""
     assert protocol.infer(bytes(187)) == VECTORS["infer_zeros"][2]
     assert protocol.chunk_ack(5) == VECTORS["chunk_ack"][2]
     assert protocol.parse_chunk_ack(VECTORS["chunk_ack"][2]) == 5

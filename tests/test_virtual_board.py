@@ -78,6 +78,7 @@ def test_hello_over_the_pty(tmp_path):
     assert hello.timing_source == "static_estimate"
     assert hello.kernel_mode == "reference"
     assert hello.fw_version.endswith("-virtual")
+    assert (hello.protocol, hello.rx_buffer, hello.reset_ms) == ("hil/1.1", 16384, 1000)
     assert re.fullmatch(r"[0-9a-f]{16}", hello.build_hash)
     assert (hello.cpu_mhz, hello.arena_size, hello.store_capacity) == (
         PROFILE.cpu_mhz, PROFILE.arena_bytes, PROFILE.model_max_bytes)

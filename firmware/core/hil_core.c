@@ -14,6 +14,7 @@
 
 #define RESULT_HEADER_BYTES 20u
 #define HELLO_FIXED_BYTES 56u
+#define HELLO_EXT_BYTES 7u /* v1.1: proto_minor u8, rx_buffer u32, reset_ms u16 */
 #define INFO_STRING_MAX 63u
 
 /* Error text is built in place in the tx payload, right after ERROR's code and request_type fields, so a
@@ -272,14 +273,18 @@ static uint32_t put_info_string(uint8_t *p, const char *s)
     return n + 1u;
 }
 
-static void on_hello(hil_core_t *core, uint16_t seq)
+/* HELLO's payload (v1.1) is the highest minor version the host speaks; a v1 host sends none. The v1.1
+ * extension of HELLO_ACK goes only to a host that asked for it, so a v1 host gets exactly the v1 layout. */
+static void on_hello(hil_core_t *core, uint16_t seq, const uint8_t *pl, uint32_t n)
 {
     const hil_device_info_t *info = &core->port->info;
     uint8_t *p = tx_payload(core);
-    uint32_t n = HELLO_FIXED_BYTES;
+    uint32_t len = HELLO_FIXED_BYTES;
+    uint8_t host_minor = n > 0u ? pl[0] : 0u;
 
-    /* HELLO starts a session: resends are only meaningful within one. */
+    /* HELLO starts a session: resends are only meaningful within one. An upload in progress stays open. */
     memset(core->seen_valid, 0, sizeof core->seen_valid);
+    core->session_minor = host_minor < HIL_PROTO_MINOR ? host_minor : (uint8_t)HIL_PROTO_MINOR;
 
     memset(p, 0, HELLO_FIXED_BYTES);
     p[0] = (uint8_t)HIL_PROTO_VERSION;
@@ -295,10 +300,16 @@ static void on_hello(hil_core_t *core, uint16_t seq)
         memcpy(p + 20, core->model_sha, 32);
         put_u32(p + 52, core->model.arena_used);
     }
-    n += put_info_string(p + n, info->fw_version);
-    n += put_info_string(p + n, info->chip);
-    n += put_info_string(p + n, info->build_hash);
-    send_frame(core, HIL_T_HELLO_ACK, seq, n);
+    len += put_info_string(p + len, info->fw_version);
+    len += put_info_string(p + len, info->chip);
+    len += put_info_string(p + len, info->build_hash);
+    if (core->session_minor >= 1u) {
+        p[len] = core->session_minor;
+        put_u32(p + len + 1u, info->rx_buffer);
+        put_u16(p + len + 5u, info->reset_ms);
+        len += HELLO_EXT_BYTES;
+    }
+    send_frame(core, HIL_T_HELLO_ACK, seq, len);
 }
 
 static void on_model_begin(hil_core_t *core, uint16_t seq, const uint8_t *pl, uint32_t n)
@@ -326,6 +337,7 @@ static void on_model_begin(hil_core_t *core, uint16_t seq, const uint8_t *pl, ui
     /* The store is about to be erased, so whatever model was loaded from it is gone too. */
     forget_model(core);
     core->upload_active = 0;
+    core->end_state = 0;
     if (port->store_begin == NULL || port->store_begin(port->ctx, size) != 0) {
         send_error(core, seq, HIL_T_MODEL_BEGIN, HIL_E_STORE_FAILED, "model store could not be erased");
         return;
@@ -389,20 +401,48 @@ static void on_model_chunk(hil_core_t *core, uint16_t seq, const uint8_t *pl, ui
     send_chunk_ack(core, seq);
 }
 
+static void send_model_info(hil_core_t *core, uint16_t seq)
+{
+    uint8_t *p = tx_payload(core);
+    put_u32(p, core->model.arena_used);
+    put_u32(p + 4, core->model.input_bytes);
+    put_u32(p + 8, core->model.output_bytes);
+    put_u32(p + 12, core->model_size);
+    memcpy(p + 16, core->model_sha, 32);
+    send_frame(core, HIL_T_MODEL_INFO, seq, 48);
+}
+
+/* Closes the upload with an ERROR and remembers it for a repeated MODEL_END. Text is at error_text(). */
+static void end_failed(hil_core_t *core, uint16_t seq, uint16_t code)
+{
+    core->end_state = 2;
+    core->end_code = code;
+    send_error_in_place(core, seq, HIL_T_MODEL_END, code);
+}
+
 static void on_model_end(hil_core_t *core, uint16_t seq)
 {
     const hil_port_t *port = core->port;
     const uint8_t *data = NULL;
     uint8_t actual[32];
-    uint8_t *p;
     uint16_t code;
     text_t t;
 
     if (!core->upload_active) {
-        send_error(core, seq, HIL_T_MODEL_END, HIL_E_BAD_STATE, "MODEL_END without MODEL_BEGIN");
+        /* v1.1: a MODEL_END resent because its answer was lost gets that answer again (chunk resends are
+         * harmless, so the end of an upload must be too). */
+        if (core->end_state == 1u && core->model_state == HIL_MODEL_LOADED) {
+            send_model_info(core, seq);
+        } else if (core->end_state == 2u) {
+            send_error(core, seq, HIL_T_MODEL_END, core->end_code,
+                       "repeated MODEL_END: the upload already ended with this error; start again with MODEL_BEGIN");
+        } else {
+            send_error(core, seq, HIL_T_MODEL_END, HIL_E_BAD_STATE, "MODEL_END without MODEL_BEGIN");
+        }
         return;
     }
     if (core->upload_next != core->upload_size) {
+        /* The upload stays open: the host continues from next_offset (docs/protocol.md). */
         t = start_text(core);
         text_add(&t, "upload incomplete: ");
         text_add_u32(&t, core->upload_next);
@@ -418,34 +458,34 @@ static void on_model_end(hil_core_t *core, uint16_t seq)
         data = port->store_data(port->ctx);
     }
     if (data == NULL) {
-        send_error(core, seq, HIL_T_MODEL_END, HIL_E_STORE_FAILED, "model store cannot be read back");
+        t = start_text(core);
+        text_add(&t, "model store cannot be read back");
+        end_failed(core, seq, HIL_E_STORE_FAILED);
         return;
     }
     /* Hash what the store actually holds, not what was received, so flash write errors are caught too. */
     hil_sha256(data, core->upload_size, actual);
     if (memcmp(actual, core->upload_sha, sizeof actual) != 0) {
-        send_error(core, seq, HIL_T_MODEL_END, HIL_E_SHA_MISMATCH,
-                   "stored model does not hash to the sha256 announced in MODEL_BEGIN");
+        t = start_text(core);
+        text_add(&t, "stored model does not hash to the sha256 announced in MODEL_BEGIN");
+        end_failed(core, seq, HIL_E_SHA_MISMATCH);
         return;
     }
     if (port->store_commit == NULL || port->store_commit(port->ctx, core->upload_size, actual) != 0) {
-        send_error(core, seq, HIL_T_MODEL_END, HIL_E_STORE_FAILED, "model store could not be committed");
+        t = start_text(core);
+        text_add(&t, "model store could not be committed");
+        end_failed(core, seq, HIL_E_STORE_FAILED);
         return;
     }
     core->model_size = core->upload_size;
     memcpy(core->model_sha, actual, sizeof actual);
     code = load_model(core);
     if (code != 0u) {
-        send_error_in_place(core, seq, HIL_T_MODEL_END, code);
+        end_failed(core, seq, code);
         return;
     }
-    p = tx_payload(core);
-    put_u32(p, core->model.arena_used);
-    put_u32(p + 4, core->model.input_bytes);
-    put_u32(p + 8, core->model.output_bytes);
-    put_u32(p + 12, core->model_size);
-    memcpy(p + 16, core->model_sha, 32);
-    send_frame(core, HIL_T_MODEL_INFO, seq, 48);
+    core->end_state = 1;
+    send_model_info(core, seq);
 }
 
 /* INFER and DUMP both need a loaded model and exactly its input size; otherwise answer ERROR. */
@@ -621,7 +661,7 @@ static int dispatch(hil_core_t *core, uint8_t type, uint16_t seq, const uint8_t 
 
     switch (type) {
     case HIL_T_HELLO:
-        on_hello(core, seq);
+        on_hello(core, seq, pl, n);
         return 0;
     case HIL_T_MODEL_BEGIN:
         on_model_begin(core, seq, pl, n);

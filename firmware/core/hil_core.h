@@ -15,6 +15,8 @@ extern "C" {
 #endif
 
 #define HIL_PROTO_VERSION 1u
+/* Highest minor version this core speaks; HELLO negotiates min(host's, this) (docs/protocol.md). */
+#define HIL_PROTO_MINOR 1u
 #define HIL_MAX_PAYLOAD 4096u
 #define HIL_HEADER_BYTES 4u
 #define HIL_CRC_BYTES 4u
@@ -67,7 +69,9 @@ enum {
 };
 
 enum { HIL_KERNELS_UNKNOWN = 0, HIL_KERNELS_REFERENCE = 1, HIL_KERNELS_ESP_NN = 2 };
-enum { HIL_TIMING_DEVICE_CYCLES = 0, HIL_TIMING_ESTIMATE = 1 };
+/* HIL_TIMING_HOST_CLOCK (v1.1): no cycle counter and no estimate; `cycles` is 0 and latency is the
+ * wall_ns a host-side clock measured (a simulator, an emulator). */
+enum { HIL_TIMING_DEVICE_CYCLES = 0, HIL_TIMING_ESTIMATE = 1, HIL_TIMING_HOST_CLOCK = 2 };
 enum { HIL_MODEL_NONE = 0, HIL_MODEL_LOADED = 1, HIL_MODEL_LOAD_FAILED = 2 };
 
 /* What the platform learned when it loaded a model. */
@@ -80,13 +84,18 @@ typedef struct {
 /* Fixed facts about the platform, reported in HELLO_ACK. Strings are NUL-terminated, ≤ 63 chars. */
 typedef struct {
     const char *fw_version;
-    const char *chip;
-    const char *build_hash;
-    uint16_t cpu_mhz;
+    const char *chip;       /* lowercase target name, [a-z0-9_-]: "esp32s3" (docs/protocol.md) */
+    const char *build_hash; /* lowercase hex commit, 7..40 digits, optional "-dirty" */
+    uint16_t cpu_mhz;       /* 0: no meaningful CPU clock (cycles cannot be turned into time) */
     uint8_t kernel_mode;   /* HIL_KERNELS_* */
     uint8_t timing_source; /* HIL_TIMING_* */
     uint32_t arena_size;
     uint32_t store_capacity;
+    /* v1.1 (HELLO_ACK extension): bytes of requests the device holds while it is busy (its receive
+     * buffer); the host keeps at most this many request bytes in flight. 0: unknown (host assumes 4096). */
+    uint32_t rx_buffer;
+    /* v1.1: longest time from RESET_ACK until the device answers HELLO again, in ms. 0: unknown. */
+    uint16_t reset_ms;
 } hil_device_info_t;
 
 /* DUMP (docs/protocol.md): one tensor of a dump, handed by the platform's dump hook to the core's sink,
@@ -157,8 +166,14 @@ typedef struct {
     /* transmit */
     uint8_t tx_body[HIL_MAX_BODY];
     uint8_t tx_wire[HIL_MAX_WIRE];
+    /* minor version agreed in the last HELLO (0 until a v1.1 host says hello) */
+    uint8_t session_minor;
     /* model store state machine */
     uint8_t upload_active;
+    /* outcome of the last MODEL_END that closed an upload, so a repeated MODEL_END (its answer was lost)
+     * gets the same answer: 0 none since MODEL_BEGIN/boot, 1 MODEL_INFO, 2 ERROR end_code */
+    uint8_t end_state;
+    uint16_t end_code;
     uint32_t upload_size;
     uint32_t upload_next;
     uint8_t upload_sha[32];

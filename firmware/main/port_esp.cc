@@ -212,6 +212,10 @@ extern "C" const hil_port_t *port_esp_init(void)
     s_port.info.timing_source = HIL_TIMING_DEVICE_CYCLES;
     s_port.info.arena_size = inference_arena_size();
     s_port.info.store_capacity = model_store_capacity();
+    s_port.info.rx_buffer = CONFIG_HIL_LINK_RX_BUFFER;  // the UART driver's receive buffer (link_open)
+    // Boot ROM, bootloader, app start and reloading (re-hashing) a committed model: about 1-2 s on an
+    // ESP32 with a 2 MB store; the spec's bound for HELLO after RESET_ACK.
+    s_port.info.reset_ms = 3000;
 
     s_port.write = hook_write;
     s_port.store_begin = hook_store_begin;

@@ -27,6 +27,7 @@ MAX_PAYLOAD = 4096
 MAX_WIRE = (4 + MAX_PAYLOAD + 4) + (4 + MAX_PAYLOAD + 4) // 254 + 3
 KERNELS_REFERENCE = 1
 TIMING_ESTIMATE = 1
+TIMING_HOST_CLOCK = 2
 
 E_LOAD_FAILED = 5
 E_INVOKE_FAILED = 7
@@ -101,7 +102,9 @@ class DeviceInfo(ctypes.Structure):
                 ("kernel_mode", ctypes.c_uint8),
                 ("timing_source", ctypes.c_uint8),
                 ("arena_size", ctypes.c_uint32),
-                ("store_capacity", ctypes.c_uint32)]
+                ("store_capacity", ctypes.c_uint32),
+                ("rx_buffer", ctypes.c_uint32),   # v1.1
+                ("reset_ms", ctypes.c_uint16)]
 
 
 _vp = ctypes.c_void_p
@@ -195,7 +198,8 @@ class Core:
         self.port.info = DeviceInfo(self._strings["fw_version"], self._strings["chip"],
                                     self._strings["build_hash"], int(info["cpu_mhz"]), int(info["kernel_mode"]),
                                     int(info["timing_source"]), int(info["arena_size"]),
-                                    int(info["store_capacity"]))
+                                    int(info["store_capacity"]), int(info.get("rx_buffer", 0)),
+                                    int(info.get("reset_ms", 0)))
         for name, callback in self._callbacks.items():
             setattr(self.port, name, callback)
         # uint64 words: the storage is 8-byte aligned like the static hil_core_t on the device.

@@ -33,6 +33,10 @@ from .switches import BoardSwitches
 
 _RESULT_OUTPUT_OFFSET = 20
 PROBE_TIMEOUT_S = 60.0
+# HELLO_ACK v1.1 facts: the server keeps what the host sends in memory, so it promises what an ESP32's
+# default link buffer holds (CONFIG_HIL_LINK_RX_BUFFER) and restarts at once (no boot ROM, no flash).
+RX_BUFFER = 16384
+RESET_MS = 1000
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -257,7 +261,9 @@ class Platform:
         return {"fw_version": f"{__version__}-virtual", "chip": "virtual", "build_hash": build_hash(),
                 "cpu_mhz": self.profile.cpu_mhz, "kernel_mode": hil.KERNELS_REFERENCE,
                 "timing_source": hil.TIMING_ESTIMATE, "arena_size": self.profile.arena_bytes,
-                "store_capacity": self.profile.model_max_bytes}
+                "store_capacity": self.profile.model_max_bytes,
+                # The server reads every byte the host sends into memory; the bound is what it promises.
+                "rx_buffer": RX_BUFFER, "reset_ms": RESET_MS}
 
     def hooks(self) -> dict:
         return {"write": self._write, "store_begin": self._store_begin, "store_write": self._store_write,

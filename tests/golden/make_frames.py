@@ -1,4 +1,9 @@
-"""Writes tests/golden/frames.txt: the golden wire vectors both protocol implementations are tested on.
+"""Writes tests/golden/frames.txt and rejects.txt: the golden wire vectors both protocol implementations
+(harness/protocol.py and the C core) are tested on.
+
+frames.txt holds valid frames: `name type seq payload_hex wire_hex`; names starting with `accept_` are
+decode-only (a wire form receivers must accept but encoders do not produce). rejects.txt holds candidates
+a receiver must drop, and the NAK reason a device answers them with: `name nak_reason wire_hex`.
 
 Run once when the protocol changes (`python tests/golden/make_frames.py`); the output is committed. It
 builds frames from the spec with independent parts (the `cobs` package and zlib), not with
@@ -61,12 +66,105 @@ VECTORS = [
 ]
 
 
+# v1.1 additions --------------------------------------------------------------------------------------
+
+def hello_ack_v11() -> bytes:
+    return hello_ack() + struct.pack("<BIH", 1, 16384, 3000)
+
+
+def no_zero_payload(size: int, ftype: int, seq: int) -> bytes:
+    """A payload of `size` non-zero bytes whose whole body (header, payload, CRC) has no zero byte either,
+    so the body is one COBS run: the case where a 254-byte block ends exactly at the end of the body."""
+    for salt in range(1, 256):
+        payload = bytes(((i * 13 + salt) % 255) + 1 for i in range(size))
+        body = struct.pack("<BBH", 1, ftype, seq) + payload
+        body += struct.pack("<I", zlib.crc32(body))
+        if 0 not in body:
+            return payload
+    raise AssertionError("no salt gives a zero-free CRC")
+
+
+def dump_pattern(n: int) -> bytes:
+    """The C unit test's fake dump tensor (firmware/core/test/test_core.c, g_dump_pattern)."""
+    return bytes((i * 7 + (i >> 8)) & 0xFF for i in range(n))
+
+
+DUMP_ROOM = 4096 - 18  # data bytes of one DUMP_TENSOR frame
+BIG = dump_pattern(5000)
+SEQ_254 = 0x0101  # seq bytes must be non-zero too
+
+ERROR_MESSAGES = {
+    1: (0x20, "no model loaded"),
+    2: (0x10, "model of 9000000 bytes does not fit the model store (1 to 2097152 bytes)"),
+    3: (0x12, "stored model does not hash to the sha256 announced in MODEL_BEGIN"),
+    4: (0x11, "reserved"),
+    5: (0x12, "op CONV_3D is not in the firmware's op resolver"),
+    6: (0x20, "input is 186 bytes, the model expects 187"),
+    7: (0x20, "invoke failed (platform gave no reason)"),
+    8: (0x7F, "request type 0x7f is unknown"),
+    9: (0x11, "chunk at 0 with 6 bytes runs past the announced model size 5"),
+    10: (0x10, "model store could not be erased"),
+    11: (0x12, "model needs 150000 bytes of arena, the firmware has 131072"),
+}
+ERROR_NAMES = {1: "bad_state", 2: "too_large", 3: "sha_mismatch", 4: "bad_offset", 5: "load_failed",
+               6: "bad_input_size", 7: "invoke_failed", 8: "unknown_type", 9: "bad_length", 10: "store_failed",
+               11: "arena_too_small"}
+
+VECTORS += [
+    ("hello_v11", 0x01, 10, bytes([1])),
+    ("hello_ack_v11", 0x81, 10, hello_ack_v11()),
+    # Body of exactly 254 zero-free bytes: COBS is 0xFF + 254 bytes and NO trailing 0x01 code byte.
+    ("cobs_block_254", 0x20, SEQ_254, no_zero_payload(254 - 8, 0x20, SEQ_254)),
+    # Two full blocks (508 bytes): the same at a block boundary inside a longer body.
+    ("cobs_block_508", 0x20, SEQ_254, no_zero_payload(508 - 8, 0x20, SEQ_254)),
+    # A 5000-byte tensor in two DUMP_TENSOR chunks (4078 + 922 data bytes), each with the full header.
+    ("dump_chunk_0", 0xA1, 9, dump_tensor(1, 2, 15, 0, 9, len(BIG), 0, BIG[:DUMP_ROOM])),
+    ("dump_chunk_1", 0xA1, 9, dump_tensor(1, 2, 15, 0, 9, len(BIG), DUMP_ROOM, BIG[DUMP_ROOM:])),
+    ("nak_cobs", 0xE0, 0xFFFF, bytes([1])),
+    ("nak_length", 0xE0, 0xFFFF, bytes([2])),
+    ("nak_version", 0xE0, 0xFFFF, bytes([3])),
+    # nak_crc (reason 4) is above
+]
+VECTORS += [(f"error_{ERROR_NAMES[code]}", 0xEE, 20 + code,
+             struct.pack("<HB", code, request) + text.encode()) for code, (request, text) in ERROR_MESSAGES.items()]
+
+
+def accept_vectors() -> list[tuple[str, int, int, bytes, bytes]]:
+    """Wire forms receivers must accept though encoders never produce them."""
+    payload = no_zero_payload(254 - 8, 0x20, SEQ_254)
+    canonical = wire(0x20, SEQ_254, payload)
+    # Some COBS encoders close a full final block with an extra 0x01 code byte: same body.
+    return [("accept_cobs_254_extra_code", 0x20, SEQ_254, payload, canonical[:-1] + b"\x01\x00")]
+
+
+def rejects() -> list[tuple[str, int, bytes]]:
+    """Candidates a receiver drops, with the NAK reason a device answers (docs/protocol.md, Receiving)."""
+    good = wire(0x01, 7, b"")[1:-1]
+    body = struct.pack("<BBH", 1, 0x01, 7)
+    out = [
+        ("bad_cobs_overrun", 1, b"\x00\x05\x01\x02\x00"),  # code 5 promises 4 bytes, 2 follow
+        ("bad_length_short", 2, b"\x00" + cobs.encode(b"\x01\x01\x07") + b"\x00"),  # 3-byte body
+        ("bad_length_long", 2, b"\x00" + cobs.encode(
+            body + bytes(range(1, 256)) * 17 + struct.pack("<I", zlib.crc32(body))) + b"\x00"),  # 4339 > 4104
+        ("bad_version", 3, wire(0x01, 7, b"", ver=2)),
+        ("bad_crc", 4, b"\x00" + good[:-1] + bytes([good[-1] ^ 0x01 or 0x02]) + b"\x00"),
+        ("log_text", 1, b"\x00I (312) cpu_start: Starting scheduler\r\n\x00"),
+    ]
+    return out
+
+
 def main() -> None:
     out = Path(__file__).with_name("frames.txt")
     lines = ["# name type seq payload_hex wire_hex  (payload '-' = empty); made by make_frames.py"]
     for name, ftype, seq, payload in VECTORS:
         lines.append(f"{name} {ftype:02x} {seq} {payload.hex() or '-'} {wire(ftype, seq, payload).hex()}")
+    for name, ftype, seq, payload, raw in accept_vectors():
+        lines.append(f"{name} {ftype:02x} {seq} {payload.hex() or '-'} {raw.hex()}")
     out.write_text("\n".join(lines) + "\n")
+    rej = ["# name nak_reason wire_hex: candidates a receiver drops; a device answers NAK(reason); make_frames.py"]
+    for name, reason, raw in rejects():
+        rej.append(f"{name} {reason} {raw.hex()}")
+    out.with_name("rejects.txt").write_text("\n".join(rej) + "\n")
 
 
 if __name__ == "__main__":

@@ -367,6 +367,8 @@ static void fake_setup(void)
     g_port.info.timing_source = HIL_TIMING_DEVICE_CYCLES;
     g_port.info.arena_size = 131072;
     g_port.info.store_capacity = 2097152;
+    g_port.info.rx_buffer = 16384;
+    g_port.info.reset_ms = 3000;
     g_port.write = fake_write;
     g_port.store_begin = fake_store_begin;
     g_port.store_write = fake_store_write;
@@ -487,6 +489,19 @@ static vector_t g_vectors[MAX_VECTORS];
 static uint32_t g_nvectors;
 static char g_file[1u << 20];
 static uint8_t g_hexbytes[1u << 19];
+static size_t g_hexused;
+
+/* rejects.txt: candidates a receiver must drop, with the NAK reason the device answers. */
+typedef struct {
+    char name[32];
+    uint8_t reason;
+    uint8_t *wire;
+    uint32_t wire_len;
+} reject_t;
+
+#define MAX_REJECTS 16
+static reject_t g_rejects[MAX_REJECTS];
+static uint32_t g_nrejects;
 
 static int hexval(char c)
 {
@@ -527,11 +542,11 @@ static uint8_t *parse_hex(const char *tok, uint32_t *len, size_t *used)
     return start;
 }
 
-static int load_golden(const char *path)
+/* Reads a golden file whose lines have `ntok` space-separated fields; calls `take` with each line's fields. */
+static int load_lines(const char *path, int ntok, int (*take)(char **tok))
 {
     FILE *fp = fopen(path, "rb");
     size_t n;
-    size_t used = 0;
     char *line;
     char *next;
     if (fp == NULL) {
@@ -545,7 +560,6 @@ static int load_golden(const char *path)
         char *tok[5];
         int k = 0;
         char *p = line;
-        vector_t *v;
         next = strchr(line, '\n');
         if (next != NULL) {
             *next++ = '\0';
@@ -553,7 +567,7 @@ static int load_golden(const char *path)
         if (line[0] == '#' || line[0] == '\0') {
             continue;
         }
-        while (k < 5 && *p != '\0') {
+        while (k < ntok && *p != '\0') {
             while (*p == ' ') {
                 *p++ = '\0';
             }
@@ -565,22 +579,57 @@ static int load_golden(const char *path)
                 *p = '\0';
             }
         }
-        if (k != 5 || g_nvectors >= MAX_VECTORS) {
+        if (k != ntok || take(tok) != 0) {
             fprintf(stderr, "bad golden line: %s\n", line);
-            return -1;
-        }
-        v = &g_vectors[g_nvectors++];
-        strncpy(v->name, tok[0], sizeof v->name - 1u);
-        v->type = (uint8_t)strtoul(tok[1], NULL, 16);
-        v->seq = (uint16_t)strtoul(tok[2], NULL, 10);
-        v->payload = parse_hex(tok[3], &v->payload_len, &used);
-        v->wire = parse_hex(tok[4], &v->wire_len, &used);
-        if (v->payload == NULL || v->wire == NULL) {
-            fprintf(stderr, "bad hex in golden line %s\n", v->name);
             return -1;
         }
     }
     return 0;
+}
+
+static int take_vector(char **tok)
+{
+    vector_t *v;
+    if (g_nvectors >= MAX_VECTORS || strlen(tok[0]) >= sizeof v->name) {
+        return -1;
+    }
+    v = &g_vectors[g_nvectors++];
+    strncpy(v->name, tok[0], sizeof v->name - 1u);
+    v->type = (uint8_t)strtoul(tok[1], NULL, 16);
+    v->seq = (uint16_t)strtoul(tok[2], NULL, 10);
+    v->payload = parse_hex(tok[3], &v->payload_len, &g_hexused);
+    v->wire = parse_hex(tok[4], &v->wire_len, &g_hexused);
+    return v->payload == NULL || v->wire == NULL ? -1 : 0;
+}
+
+static int take_reject(char **tok)
+{
+    reject_t *r;
+    if (g_nrejects >= MAX_REJECTS || strlen(tok[0]) >= sizeof r->name) {
+        return -1;
+    }
+    r = &g_rejects[g_nrejects++];
+    strncpy(r->name, tok[0], sizeof r->name - 1u);
+    r->reason = (uint8_t)strtoul(tok[1], NULL, 10);
+    r->wire = parse_hex(tok[2], &r->wire_len, &g_hexused);
+    return r->wire == NULL ? -1 : 0;
+}
+
+/* frames.txt, then rejects.txt from the same directory. */
+static int load_golden(const char *path)
+{
+    static char rejects[4096];
+    const char *slash = strrchr(path, '/');
+    size_t dir = slash != NULL ? (size_t)(slash - path) + 1u : 0u;
+    if (load_lines(path, 5, take_vector) != 0) {
+        return -1;
+    }
+    if (dir + sizeof "rejects.txt" > sizeof rejects) {
+        return -1;
+    }
+    memcpy(rejects, path, dir);
+    memcpy(rejects + dir, "rejects.txt", sizeof "rejects.txt");
+    return load_lines(rejects, 3, take_reject);
 }
 
 static const vector_t *vec(const char *name)
@@ -606,8 +655,11 @@ static void test_golden_encode(void)
         const vector_t *v = &g_vectors[i];
         size_t n = hil_frame_encode(v->type, v->seq, v->payload, v->payload_len, wire, sizeof wire);
         long b;
-        CHECK_EQ_U(n, v->wire_len);
-        if (n != v->wire_len || memcmp(wire, v->wire, n) != 0) {
+        int decode_only = strncmp(v->name, "accept_", 7) == 0; /* a form receivers accept, never produced */
+        if (!decode_only) {
+            CHECK_EQ_U(n, v->wire_len);
+        }
+        if (!decode_only && (n != v->wire_len || memcmp(wire, v->wire, n) != 0)) {
             fprintf(stderr, "  golden vector %s encodes differently\n", v->name);
             g_failures++;
         }
@@ -663,13 +715,20 @@ static void test_golden_dispatch(void)
             device_bound++;
         }
     }
-    CHECK_EQ_U(device_bound, 11);
+    CHECK_EQ_U(device_bound, 15);
 
     v = vec("hello");
     hil_core_feed(&g_core, v->wire, v->wire_len);
     check_wire_equals("hello_ack");
     CHECK_EQ_U(parse_stream(g_fake.out, g_fake.out_len), 1);
     g_fake.out_len = 0;
+
+    /* v1.1: a host that says it speaks minor 1 gets the HELLO_ACK extension; a v1 HELLO (above) does not. */
+    v = vec("hello_v11");
+    hil_core_feed(&g_core, v->wire, v->wire_len);
+    check_wire_equals("hello_ack_v11");
+    g_fake.out_len = 0;
+    CHECK_EQ_U(g_core.session_minor, 1);
 
     v = vec("hello_seq_max");
     n = feed_raw(v->wire, v->wire_len);
@@ -722,6 +781,20 @@ static void test_golden_dispatch(void)
     CHECK_EQ_U(g_replies[0].type, HIL_T_ERROR);
     CHECK_EQ_U(g_replies[0].seq, 6);
     CHECK_EQ_U(g_replies[0].payload[0], HIL_E_BAD_INPUT_SIZE);
+
+    /* COBS bodies ending exactly on a 254-byte block (canonical, and with the extra code byte some encoders
+     * add): decoded as frames (an input of the wrong size), never NAKed. */
+    {
+        static const char *const blocks[3] = {"cobs_block_254", "cobs_block_508", "accept_cobs_254_extra_code"};
+        for (i = 0; i < 3u; i++) {
+            v = vec(blocks[i]);
+            n = feed_raw(v->wire, v->wire_len);
+            CHECK_EQ_U(n, 1);
+            CHECK_EQ_U(g_replies[0].type, HIL_T_ERROR);
+            CHECK_EQ_U(g_replies[0].seq, 0x0101);
+            CHECK_EQ_U(g_replies[0].payload[0], HIL_E_BAD_INPUT_SIZE);
+        }
+    }
 
     v = vec("reset");
     hil_core_feed(&g_core, v->wire, v->wire_len);
@@ -1089,7 +1162,8 @@ static void test_upload_errors(void)
     expect_reply(HIL_T_MODEL_CHUNK, 16, chunk, 1004, HIL_T_CHUNK_ACK);
     expect_error(HIL_T_MODEL_END, 17, NULL, 0, HIL_E_SHA_MISMATCH);
     CHECK_EQ_U(g_fake.committed, 0);
-    expect_error(HIL_T_MODEL_END, 18, NULL, 0, HIL_E_BAD_STATE); /* the upload is over */
+    /* The upload is over; v1.1: a repeat gets the same answer (its ERROR may have been lost). */
+    expect_error(HIL_T_MODEL_END, 18, NULL, 0, HIL_E_SHA_MISMATCH);
     r = expect_reply(HIL_T_HELLO, 19, NULL, 0, HIL_T_HELLO_ACK);
     CHECK_EQ_U(r->payload[3], HIL_MODEL_NONE);
     expect_error(HIL_T_INFER, 20, g_model, 187, HIL_E_BAD_STATE);
@@ -1361,6 +1435,26 @@ static void test_dump(void)
     }
     g_fake.out_len = 0;
 
+    /* Golden multi-chunk: a 5000-byte tensor in two DUMP_TENSOR frames, 4078 + 922 data bytes. */
+    {
+        const char *chunked[4] = {"dump_tensor_input", "dump_chunk_0", "dump_chunk_1", "dump_end"};
+        len = 0;
+        for (i = 0; i < 4u; i++) {
+            const vector_t *r = vec(chunked[i]);
+            memcpy(expected + len, r->wire, r->wire_len);
+            len += r->wire_len;
+        }
+        g_fake.dump_big = 5000;
+        g_fake.out_len = 0;
+        hil_core_feed(&g_core, v->wire, v->wire_len);
+        CHECK_EQ_U(g_fake.out_len, len);
+        if (g_fake.out_len != len || memcmp(g_fake.out, expected, len) != 0) {
+            fprintf(stderr, "%s:%d: DUMP reply differs from golden dump_chunk_0/1\n", __FILE__, __LINE__);
+            g_failures++;
+        }
+        g_fake.out_len = 0;
+    }
+
     /* A tensor larger than a frame is cut into chunks at increasing offsets, each with the full header. */
     g_fake.dump_big = 10000;
     n = feed_raw(v->wire, v->wire_len);
@@ -1443,6 +1537,95 @@ static void test_hello_fields(void)
     CHECK_EQ_U(r->payload[off], 8);
     CHECK(memcmp(r->payload + off + 1u, "deadbeef", 8) == 0);
     CHECK_EQ_U(r->len, off + 9u);
+    /* A host asking for minor 7 gets this core's minor (1) and the extension; trailing bytes are ignored. */
+    {
+        static const uint8_t ask[3] = {7, 0xAA, 0xBB};
+        r = expect_reply(HIL_T_HELLO, 0x1235, ask, 3, HIL_T_HELLO_ACK);
+        CHECK_EQ_U(r->len, off + 9u + 7u);
+        CHECK_EQ_U(r->payload[off + 9u], HIL_PROTO_MINOR);
+        CHECK_EQ_U(rd32(r->payload + off + 10u), 16384);
+        CHECK_EQ_U(r->payload[off + 14u] | (r->payload[off + 15u] << 8), 3000);
+    }
+}
+
+/* Every golden reject is dropped and answered with exactly the golden NAK of its reason. */
+static void test_golden_rejects(void)
+{
+    static const char *const naks[5] = {"", "nak_cobs", "nak_length", "nak_version", "nak_crc"};
+    uint32_t i;
+    uint8_t seen = 0;
+    CHECK(g_nrejects >= 5u);
+    for (i = 0; i < g_nrejects; i++) {
+        const reject_t *r = &g_rejects[i];
+        CHECK(r->reason >= 1u && r->reason <= 4u);
+        if (r->reason < 1u || r->reason > 4u) {
+            continue;
+        }
+        seen = (uint8_t)(seen | (1u << r->reason));
+        fake_setup();
+        hil_core_init(&g_core, &g_port);
+        g_fake.out_len = 0;
+        hil_core_feed(&g_core, r->wire, r->wire_len);
+        if (g_fake.out_len != vec(naks[r->reason])->wire_len ||
+            memcmp(g_fake.out, vec(naks[r->reason])->wire, g_fake.out_len) != 0) {
+            fprintf(stderr, "  golden reject %s: the device did not answer %s\n", r->name, naks[r->reason]);
+            g_failures++;
+        }
+        g_checks++;
+        CHECK_EQ_U(g_core.stats.frames_bad, 1);
+        CHECK_EQ_U(g_core.stats.frames_ok, 0);
+    }
+    CHECK_EQ_U(seen, 0x1Eu); /* reasons 1..4 */
+}
+
+/* v1.1 upload rules (docs/protocol.md "Model upload"): a repeated MODEL_END gets the same answer, HELLO
+ * keeps an upload open, a short MODEL_END and a write past the size keep it open, a refused MODEL_BEGIN
+ * changes nothing. */
+static void test_upload_v11(void)
+{
+    uint8_t begin[36];
+    uint8_t chunk[4 + 3000];
+    const reply_t *r;
+
+    fake_setup();
+    hil_core_init(&g_core, &g_port);
+    begin_payload(begin, 3000, g_model);
+    expect_reply(HIL_T_MODEL_BEGIN, 1, begin, 36, HIL_T_MODEL_BEGIN_ACK);
+    wr32(chunk, 0);
+    memcpy(chunk + 4, g_model, 1000);
+    expect_reply(HIL_T_MODEL_CHUNK, 2, chunk, 4 + 1000, HIL_T_CHUNK_ACK);
+    /* HELLO in the middle: the upload stays open. */
+    expect_reply(HIL_T_HELLO, 3, NULL, 0, HIL_T_HELLO_ACK);
+    /* Short MODEL_END: BAD_LENGTH, and the upload stays open. */
+    expect_error(HIL_T_MODEL_END, 4, NULL, 0, HIL_E_BAD_LENGTH);
+    /* A refused MODEL_BEGIN (too large) does not abort it. */
+    wr32(begin, 3000000);
+    expect_error(HIL_T_MODEL_BEGIN, 5, begin, 36, HIL_E_TOO_LARGE);
+    /* A write past the announced size is refused and stores nothing; the upload stays open. */
+    wr32(chunk, 1000);
+    memcpy(chunk + 4, g_model + 1000, 2000);
+    expect_error(HIL_T_MODEL_CHUNK, 6, chunk, 4 + 2001, HIL_E_BAD_LENGTH);
+    r = expect_reply(HIL_T_MODEL_CHUNK, 7, chunk, 4 + 2000, HIL_T_CHUNK_ACK);
+    CHECK_EQ_U(rd32(r->payload), 3000);
+    r = expect_reply(HIL_T_MODEL_END, 8, NULL, 0, HIL_T_MODEL_INFO);
+    CHECK_EQ_U(rd32(r->payload + 12), 3000);
+    /* Its MODEL_INFO was lost: the resent MODEL_END gets it again, also after a HELLO. */
+    r = expect_reply(HIL_T_MODEL_END, 8, NULL, 0, HIL_T_MODEL_INFO);
+    CHECK_EQ_U(rd32(r->payload + 12), 3000);
+    expect_reply(HIL_T_HELLO, 9, NULL, 0, HIL_T_HELLO_ACK);
+    expect_reply(HIL_T_MODEL_END, 10, NULL, 0, HIL_T_MODEL_INFO);
+    /* An upload that ended in SHA_MISMATCH answers a repeat with SHA_MISMATCH, not BAD_STATE. */
+    begin_payload(begin, 3000, g_model);
+    begin[4] ^= 0x01u; /* announce another sha256 */
+    expect_reply(HIL_T_MODEL_BEGIN, 11, begin, 36, HIL_T_MODEL_BEGIN_ACK);
+    wr32(chunk, 0);
+    memcpy(chunk + 4, g_model, 3000);
+    expect_reply(HIL_T_MODEL_CHUNK, 12, chunk, 4 + 3000, HIL_T_CHUNK_ACK);
+    expect_error(HIL_T_MODEL_END, 13, NULL, 0, HIL_E_SHA_MISMATCH);
+    expect_error(HIL_T_MODEL_END, 13, NULL, 0, HIL_E_SHA_MISMATCH);
+    /* A RESET forgets it: MODEL_END is then out of place. */
+    hil_core_init(&g_core, &g_port);
+    expect_error(HIL_T_MODEL_END, 14, NULL, 0, HIL_E_BAD_STATE);
 }
 
 int main(int argc, char **argv)
@@ -1467,6 +1650,8 @@ int main(int argc, char **argv)
     test_receiver();
     test_hello_fields();
     test_dump();
+    test_golden_rejects();
+    test_upload_v11();
     printf("%d checks, %d failures, sizeof(hil_core_t) = %lu\n", g_checks, g_failures,
            (unsigned long)hil_core_sizeof());
     return g_failures == 0 ? 0 : 1;
