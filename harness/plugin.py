@@ -22,7 +22,7 @@ from . import bench, data, gate, refcache, report
 from .board import Board
 from .errors import ConfigError, HarnessError
 from .model import Model, check_model, load_registry, load_user_model
-from .profiles import Profile, load_profile
+from .profiles import Profile, check_board, load_profile
 from .reference import REFERENCES, make_reference
 from .results import Result
 from .transport import open_link
@@ -42,7 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "virtual board, 'esp32' otherwise")
     g.addoption("--baud", type=int, default=None, help="link baud rate (default: the profile's)")
     g.addoption("--build-dir", default=None, help="use this prebuilt ESP-IDF build instead of building")
-    g.addoption("--skip-flash", action="store_true", help="never flash; use the firmware the board runs")
+    g.addoption("--skip-flash", action="store_true", help="never flash; use the firmware the board runs (its HELLO must still match the profile)")
     g.addoption("--model", action="append", default=None, metavar="PATH",
                 help="benchmark this INT8 .tflite (metadata from PATH.yaml or the --model-* flags)")
     g.addoption("--model-window", default=None, metavar="BEFORE:AFTER[:DECIMATE[:NORMALIZE]]",
@@ -158,7 +158,9 @@ class HilSession:
                                 skip_flash=self.options["skip_flash"])
         slot.link = open_link(url, baud)
         board = Board(slot.link, timeout_s=profile.timeout_s, window=window, name=slot.device)
-        board.hello()  # our firmware answers, at the right baud, before any model is sent
+        hello = board.hello()  # our firmware answers, at the right baud, before any model is sent
+        if slot.device != "virtual":  # a board we did not start: is it the one the profile describes?
+            check_board(profile, hello, slot.device)
         return board
 
     def close(self) -> None:

@@ -162,3 +162,37 @@ def _validate(raw: dict[str, Any], path: Path) -> Profile:
         path=path,
         **ints,
     )
+
+
+def _chip_id(name: str) -> str:
+    return name.strip().lower().replace("-", "").replace("_", "")
+
+
+def check_board(profile: Profile, hello, where: str, *, kernels: str | None = None) -> None:
+    """Refuse a board whose HELLO contradicts the profile the run is judged by.
+
+    The profile decides what is checked on the host before upload (model store, arena), which baseline
+    gates the figures and what the results claim about the board; with --skip-flash (or a third-party
+    board) nothing else guarantees that the board is that board. Checked: chip (HELLO's `chip`, e.g. the
+    ESP-IDF target name), kernels (`kernels` overrides the profile's, for a run that means another build),
+    and that the board's tensor arena and model store are at least the profile's.
+    """
+    fix_target = "pass the --target whose profile describes this board, or the right --device"
+    if _chip_id(hello.chip) != _chip_id(profile.chip):
+        raise ProfileError(f"board on {where} reports chip '{hello.chip}' in HELLO, profile {profile.name} says "
+                           f"'{profile.chip}'", f"{fix_target} (a profile with chip: {hello.chip})", code="HIL140")
+    want = kernels or profile.kernels
+    if hello.kernel_mode != want:
+        raise ProfileError(f"board on {where} runs {hello.kernel_mode} kernels, profile {profile.name} says {want}",
+                           f"flash the firmware built for {profile.name} (run without --skip-flash), or {fix_target}",
+                           code="HIL141")
+    if hello.arena_size < profile.arena_bytes:
+        raise ProfileError(f"board on {where} has a {hello.arena_size}-byte tensor arena, profile {profile.name} "
+                           f"promises {profile.arena_bytes} (arena_bytes; models are checked against it)",
+                           f"lower arena_bytes in {profile.path.name} to {hello.arena_size}, or flash the firmware "
+                           f"built for {profile.name} (run without --skip-flash)", code="HIL142")
+    if hello.store_capacity < profile.model_max_bytes:
+        raise ProfileError(f"board on {where} has a {hello.store_capacity}-byte model store, profile "
+                           f"{profile.name} promises {profile.model_max_bytes} (model_max_bytes)",
+                           f"lower model_max_bytes in {profile.path.name} to {hello.store_capacity}, or flash the "
+                           f"firmware built for {profile.name} (run without --skip-flash)", code="HIL143")

@@ -279,6 +279,47 @@ def test_malformed_baseline(tmp_path):
     assert_one_line_failure(proc, tmp_path, "HIL611", "virtual.json")
 
 
+# --- a board that is not what the profile says (--skip-flash, third-party boards) ---------------------------
+
+@pytest.mark.parametrize("hello,code,words", [
+    # The reported case: a board calling itself "rogue", with reference kernels, under the esp32 profile.
+    (("chip=rogue", "kernels=reference"), "HIL140", ("chip 'rogue'", "profile esp32 says 'esp32'", "--target")),
+    (("chip=esp32", "kernels=reference"), "HIL141", ("reference kernels", "esp-nn", "--skip-flash")),
+])
+def test_skip_flash_board_is_checked_against_the_profile(tmp_path, hello, code, words):
+    from harness.virtual import VirtualBoard
+
+    with VirtualBoard(store_dir=tmp_path / "store", hello=hello) as vb:
+        proc = run_bench(tmp_path, "--device", vb.url, "--skip-flash", "--target", "esp32", "--model", CONV)
+    assert_one_line_failure(proc, tmp_path, code, *words)
+
+
+def test_hello_fields_against_the_profile():
+    import dataclasses
+
+    from harness.errors import ProfileError
+    from harness.profiles import check_board, load_profile
+    from harness.protocol import Hello
+
+    profile = load_profile("esp32")
+    good = Hello(proto_version=1, kernel_mode="esp-nn", timing_source="device_cycles", model_state=0,
+                 cpu_mhz=240, max_payload=4096, arena_size=profile.arena_bytes,
+                 store_capacity=profile.model_max_bytes, model_size=0, model_sha256="0" * 64, arena_used=0,
+                 fw_version="1", chip="ESP32", build_hash="abc")
+    check_board(profile, good, "/dev/ttyUSB0")  # the chip name's case and dashes do not matter
+    check_board(profile, dataclasses.replace(good, arena_size=1 << 20, store_capacity=1 << 22), "/dev/ttyUSB0")
+    check_board(profile, dataclasses.replace(good, kernel_mode="reference"), "p", kernels="reference")
+    for change, code, text in [
+        ({"chip": "esp32s3"}, "HIL140", "reports chip 'esp32s3'"),
+        ({"kernel_mode": "unknown"}, "HIL141", "runs unknown kernels"),
+        ({"arena_size": profile.arena_bytes - 1}, "HIL142", f"promises {profile.arena_bytes}"),
+        ({"store_capacity": 65536}, "HIL143", "65536-byte model store"),
+    ]:
+        with pytest.raises(ProfileError) as err:
+            check_board(profile, dataclasses.replace(good, **change), "/dev/ttyUSB0")
+        assert err.value.code == code and text in err.value.message and err.value.hint, str(err.value)
+
+
 # --- the catalogue itself ------------------------------------------------------------------------------------
 
 def _catalogue() -> dict[str, tuple[str, str]]:

@@ -33,12 +33,13 @@ class VirtualBoardError(LinkError):
 
 class VirtualBoard:
     def __init__(self, profile: str | os.PathLike = "virtual", *, store_dir: str | os.PathLike | None = None,
-                 throttle_baud: int | None = None, tcp: bool = False, faults=()):
+                 throttle_baud: int | None = None, tcp: bool = False, faults=(), hello=()):
         self.profile = str(profile)
         self.store_dir = Path(store_dir) if store_dir is not None else None
         self.throttle_baud = throttle_baud
         self.tcp = tcp
         self.faults = tuple(str(f) for f in faults)
+        self.hello = tuple(str(h) for h in hello)  # --hello KEY=VALUE: what HELLO reports instead
         self.process: subprocess.Popen | None = None
         self.port: str | None = None
         self.url: str | None = None
@@ -54,6 +55,8 @@ class VirtualBoard:
             cmd += ["--tcp", "0"]
         for fault in self.faults:
             cmd += ["--fault", fault]
+        for field in self.hello:
+            cmd += ["--hello", field]
         return cmd
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:

@@ -32,9 +32,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fault", action="append", default=[], metavar="SPEC",
                         help="inject a fault: flip-lsb:N or silent-after:N (N = 0-based distinct INFER); "
                              "reset-every:N[:BOOT_MS] or never-answer (harness/virtual/switches.py)")
+    parser.add_argument("--hello", action="append", default=[], metavar="KEY=VALUE",
+                        help="report this in HELLO instead of the profile's value, as a third-party board or "
+                             "firmware built with other settings would (only HELLO changes): chip=NAME, "
+                             "kernels=reference|esp-nn, arena=BYTES, capacity=BYTES")
     parser.add_argument("--exit-on-stdin-eof", action="store_true",
                         help="stop when stdin is closed (used when a harness starts the board)")
     return parser.parse_args(argv)
+
+
+def parse_hello(specs: list[str]) -> dict:
+    """`--hello KEY=VALUE` options → the device_info fields the core puts in HELLO_ACK."""
+    from ..protocol import KERNEL_MODES
+
+    kernels = {name: code for code, name in KERNEL_MODES.items()}
+    fields = {}
+    for spec in specs:
+        key, _, value = spec.partition("=")
+        if key == "chip" and value:
+            fields["chip"] = value
+        elif key == "kernels" and value in kernels:
+            fields["kernel_mode"] = kernels[value]
+        elif key in ("arena", "capacity") and value.isdigit():
+            fields["arena_size" if key == "arena" else "store_capacity"] = int(value)
+        else:
+            raise ValueError(f"bad --hello '{spec}': use chip=NAME, kernels={'|'.join(kernels)}, arena=BYTES "
+                             "or capacity=BYTES")
+    return fields
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         faults = [Fault.parse(spec) for spec in args.fault if not switches.handles(spec)]
         board_switches = [switches.Switch.parse(spec) for spec in args.fault if switches.handles(spec)]
+    except ValueError as exc:
+        print(f"HIL104 {exc} -- fix: see hil-virtual-board --help", file=sys.stderr)
+        return 2
+    try:
+        hello = parse_hello(args.hello)
     except ValueError as exc:
         print(f"HIL104 {exc} -- fix: see hil-virtual-board --help", file=sys.stderr)
         return 2
@@ -57,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             store = Path(tmp.name)
         from .server import Server
 
-        server = Server(Platform(profile, store, faults, board_switches), throttle_baud=args.throttle,
+        server = Server(Platform(profile, store, faults, board_switches, hello=hello), throttle_baud=args.throttle,
                         tcp_port=args.tcp,
                         watch_stdin=args.exit_on_stdin_eof)
     except HarnessError as exc:

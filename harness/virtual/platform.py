@@ -234,8 +234,10 @@ class Platform:
     `reset_requested` is set by the RESET hook; the server re-initialises the core once feed returns.
     """
 
-    def __init__(self, profile: Profile, store_dir: Path, faults: list[Fault] = (), switches=()):
+    def __init__(self, profile: Profile, store_dir: Path, faults: list[Fault] = (), switches=(),
+                 hello: dict | None = None):
         self.profile = profile
+        self.hello = dict(hello or {})  # HELLO fields reported instead of the profile's (--hello)
         self.store = ModelStore(store_dir, profile.model_max_bytes)
         self.outbox: list[bytes] = []
         self.reset_requested = False
@@ -263,7 +265,7 @@ class Platform:
                 "timing_source": hil.TIMING_ESTIMATE, "arena_size": self.profile.arena_bytes,
                 "store_capacity": self.profile.model_max_bytes,
                 # The server reads every byte the host sends into memory; the bound is what it promises.
-                "rx_buffer": RX_BUFFER, "reset_ms": RESET_MS}
+                "rx_buffer": RX_BUFFER, "reset_ms": RESET_MS, **self.hello}
 
     def hooks(self) -> dict:
         return {"write": self._write, "store_begin": self._store_begin, "store_write": self._store_write,
