@@ -20,11 +20,34 @@ from .transport import open_link
 REPO = Path(__file__).resolve().parent.parent
 
 
-def running_build_hash(port: str, baud: int, timeout_s: float) -> str | None:
-    """The build hash our firmware reports in HELLO, or None when the board does not speak our protocol."""
+# esptool's `before` for each profile reset method: how it puts the chip into its ROM loader to flash.
+ESPTOOL_BEFORE = {"rts-dtr": "default-reset", "usb-jtag": "usb-reset", "none": "no-reset"}
+
+
+def running_build_hash(port: str, baud: int, timeout_s: float, reset: str = "none", log=print) -> str | None:
+    """The build hash our firmware reports in HELLO, or None when the board does not speak our protocol.
+
+    Opening the port does not reset the board (harness/transport.py). A board that stays silent is reset
+    once through the profile's `reset` lines (esptool's hard reset) and asked again: a firmware that hung
+    in an earlier run answers after a restart, and then needs no reflashing.
+    """
     try:
         with open_link(port, baud) as link:
-            return Board(link, timeout_s=timeout_s).hello(attempts=2).build_hash
+            board = Board(link, timeout_s=timeout_s)
+            try:
+                return board.hello(attempts=2).build_hash
+            except HarnessError as err:
+                if err.kind != "timeout" or reset == "none":
+                    raise
+                try:
+                    link.pulse_reset(reset)
+                except HarnessError as lines_err:
+                    if lines_err.code != "HIL205":
+                        raise
+                    log(f"{port}: no answer to HELLO, and {lines_err.message}")
+                    return None
+                log(f"{port}: no answer to HELLO; reset the board ({reset}, esptool's hard reset), asking again")
+                return board.hello(attempts=3).build_hash
     except HarnessError as err:
         if err.kind in ("protocol", "timeout"):
             return None  # other firmware, a boot loop or nothing: flashing is the cure
@@ -42,9 +65,9 @@ def prepare_board(device: str, profile: Profile, *, baud: int, build_dir: str | 
         return port
     build = ensure_build(profile.chip, firmware_dir=REPO / "firmware", build_root=REPO / "build",
                          build_dir=build_dir, log=log)
-    current = running_build_hash(port, baud, min(profile.timeout_s, 2.0))
+    current = running_build_hash(port, baud, min(profile.timeout_s, 2.0), profile.reset, log=log)
     if needs_flash(current, build):
         log(f"flashing {port} ({profile.chip}) with build {build.build_hash or 'unknown'} "
             f"(board reports {current or 'no HIL firmware'})")
-        flash(port, build, chip=profile.chip, log=log)
+        flash(port, build, chip=profile.chip, before=ESPTOOL_BEFORE[profile.reset], log=log)
     return port

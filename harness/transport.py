@@ -4,6 +4,14 @@
 device) plus a lock file keyed by the device's real path that holds our PID, so a second run on the same
 board fails at once and names the process that has it. Every failure to open is a one-line LinkError
 (HIL2xx) with a fix, never a traceback.
+
+Opening a port never resets the board. On ESP devkits RTS drives EN and DTR drives IO0 (through two
+transistors on a USB-UART bridge, inside the chip for USB-Serial-JTAG), and the OS asserts both lines when
+a port opens. Both asserted is harmless; what resets the chip is RTS asserted while DTR is not, which is
+what pyserial's open would pass through if DTR were released first. So, as esp-idf-monitor does, both lines
+are set asserted before the port opens (matching what the OS does, no transition), then released RTS
+first. A reset happens only when the harness asks for one (`Link.pulse_reset`, esptool's hard-reset
+sequence for the profile's `reset` method).
 """
 
 from __future__ import annotations
@@ -13,10 +21,11 @@ import fcntl
 import grp
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import serial
+from esp_pylib.serial_reset import set_dtr, set_rts
+from esptool.reset import HardReset
 
 from .errors import BoardBusyError, LinkError
 
@@ -155,28 +164,22 @@ class Link:
             raise self._lost(exc) from None
 
     def pulse_reset(self, method: str) -> None:
-        """Restart the board through the control lines, as esptool's hard reset does.
+        """Restart the board into its app through the control lines: esptool's own hard-reset sequence.
 
-        `rts-dtr`: on ESP devkits RTS drives EN and DTR drives IO0 through two transistors; hold IO0 high
-        (DTR released) and pulse EN low (RTS asserted) for 100 ms so the chip boots the app, not the ROM
-        loader. `usb-jtag`: the USB-Serial-JTAG peripheral maps the same lines; it drops off the bus
-        during reset, so hold and wait longer (200 ms each). `none`: nothing to do (virtual board).
+        `rts-dtr` (USB-UART bridge with the two-transistor auto-reset circuit) and `usb-jtag` (the chip's
+        USB-Serial-JTAG peripheral, which drops off the bus during reset and needs longer holds) are
+        esptool's `HardReset(uses_usb=False/True)`: EN held low by RTS, DTR (IO0) left released so the chip
+        boots the app, not the ROM loader. `none`: nothing to do (virtual board).
         """
         if method not in RESET_METHODS:
             raise LinkError(f"unknown reset method '{method}'", f"use one of: {', '.join(RESET_METHODS)}",
                             code="HIL205")
         if method == "none":
             return
-        hold, settle = (0.1, 0.0) if method == "rts-dtr" else (0.2, 0.2)
         try:
-            self._port.dtr = False        # IO0 high: boot the app
-            self._port.rts = True         # EN low: chip held in reset
-            self._port.dtr = self._port.dtr  # some USB-CDC drivers only send the line state on a DTR write
-            time.sleep(hold)
-            self._port.rts = False        # EN high: run
-            self._port.dtr = self._port.dtr
-            if settle:
-                time.sleep(settle)
+            # reset(), not __call__(): esptool's wrapper only warns when the port has no control lines,
+            # and the user should hear that the board was not reset.
+            HardReset(self._port, uses_usb=method == "usb-jtag").reset()
         except (serial.SerialException, OSError) as exc:
             if getattr(exc, "errno", None) in (errno.ENOTTY, errno.EINVAL):
                 raise LinkError(f"{self.url} has no RTS/DTR lines to reset the board ({method})",
@@ -218,8 +221,8 @@ def open_link(url: str, baud: int, *, timeout: float = 0.05, exclusive: bool = T
     if lock is not None:
         lock.acquire()
     try:
-        port = serial.serial_for_url(url, baudrate=baud, timeout=timeout, write_timeout=None,
-                                     exclusive=exclusive)
+        port = _open_quietly(serial.serial_for_url(url, baudrate=baud, timeout=timeout, write_timeout=None,
+                                                   exclusive=exclusive, do_not_open=True))
     except serial.SerialException as exc:
         if lock is not None:
             lock.release()
@@ -231,9 +234,29 @@ def open_link(url: str, baud: int, *, timeout: float = 0.05, exclusive: bool = T
     return Link(port, url, baud, timeout, lock)
 
 
+def _open_quietly(port: serial.SerialBase) -> serial.SerialBase:
+    """Open a configured, unopened port without moving EN (see the module docstring); returns it open.
+
+    Before open: DTR and RTS asserted, the state the OS gives an opening port anyway. After: RTS released
+    first (EN stays high), then DTR, leaving both lines idle as esptool's hard reset expects to find them.
+    A port without control lines (a pty, a TCP socket) ignores all of it.
+    """
+    port.dtr = True
+    port.rts = True
+    port.open()
+    try:
+        set_rts(port, False)  # re-writes DTR too: adapters that only send the line state on a DTR write
+        set_dtr(port, False)
+    except (serial.SerialException, OSError) as exc:
+        if getattr(exc, "errno", None) not in (errno.ENOTTY, errno.EINVAL, None):
+            port.close()
+            raise
+    return port
+
+
 def _open_url(url: str, baud: int, timeout: float) -> Link:
     try:
-        port = serial.serial_for_url(url, baudrate=baud, timeout=timeout)
+        port = _open_quietly(serial.serial_for_url(url, baudrate=baud, timeout=timeout, do_not_open=True))
     except ValueError as exc:
         raise LinkError(f"cannot use {url}: {exc}",
                         "give a device path (/dev/ttyUSB0) or a pyserial URL such as socket://host:port",

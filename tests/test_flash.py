@@ -162,3 +162,19 @@ def _build_with_hash(build: Build, build_hash: str | None) -> Build:
 ])
 def test_needs_flash(test_image_set, board_hash, build_hash, expected):
     assert needs_flash(board_hash, _build_with_hash(test_image_set, build_hash)) is expected
+
+
+def test_opening_the_link_leaves_the_boot_rom_session_alone(mock_board):
+    # The mock's pty has no control lines, like an RFC2217 or socket link: opening our link must work
+    # without them (the pre-open line states are skipped), must not disturb the ROM (esptool still syncs
+    # after us), and an explicit reset says that it could not happen rather than pretending.
+    from harness.errors import LinkError
+    from harness.transport import open_link
+
+    port = mock_board("esp32c3")
+    assert detect(port) == "esp32c3"
+    with open_link(port, 115200) as link:
+        with pytest.raises(LinkError) as caught:
+            link.pulse_reset("usb-jtag")
+    assert caught.value.code == "HIL205" and "reset: none" in caught.value.hint
+    assert detect(port, before="no-reset") == "esp32c3"

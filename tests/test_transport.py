@@ -189,3 +189,88 @@ def test_link_lost_while_reading_is_a_typed_error():
         assert info.value.code == "HIL204"
     finally:
         link.close()
+
+
+# -- control lines: opening never resets, a reset is esptool's -----------------------------------------
+
+class _LineRecorder(serial.Serial):
+    """A real pyserial port (on a pty) whose DTR/RTS writes are recorded instead of sent: a pty has no
+    control lines. `lines` is the (dtr, rts) state after each write, as the board's circuit would see it."""
+
+    lines: list
+
+    def _update_dtr_state(self):
+        self.lines.append(("DTR", self._dtr_state))
+
+    def _update_rts_state(self):
+        self.lines.append(("RTS", self._rts_state))
+
+
+def _states(events):
+    """Replay line writes from the OS's state at open (both asserted) into (dtr, rts) states."""
+    dtr = rts = True
+    out = []
+    for item in events:
+        if item[0] == "sleep":
+            out.append(item)
+            continue
+        name, value = item
+        dtr, rts = (value, rts) if name == "DTR" else (dtr, value)
+        out.append((dtr, rts))
+    return out
+
+
+def _en_low(state) -> bool:
+    # The devkit auto-reset circuit (and the USB-Serial-JTAG's): EN is pulled low by RTS asserted while DTR
+    # is not; both asserted or both released leave EN high.
+    return state != "sleep" and state[1] and not state[0]
+
+
+@pytest.fixture
+def recorded(monkeypatch, pty_pair):
+    _, name = pty_pair
+    events: list = []
+    real = serial.serial_for_url
+
+    def serial_for_url(url, *args, **kwargs):
+        if url != name:
+            return real(url, *args, **kwargs)
+        port = _LineRecorder(None, *args, **{k: v for k, v in kwargs.items() if k != "do_not_open"})
+        port.lines = events
+        port.port = url
+        if not kwargs.get("do_not_open"):
+            port.open()
+        return port
+
+    monkeypatch.setattr(transport.serial, "serial_for_url", serial_for_url)
+    return name, events
+
+
+def test_opening_a_port_never_pulls_en_low(recorded):
+    name, events = recorded
+    with open_link(name, 115200):
+        states = _states(events)
+    assert events, "open_link set no control line at all"
+    assert not any(_en_low(s) for s in states), f"EN pulled low while opening: {states}"
+    assert states[-1] == (False, False)  # both released: idle, as esptool's hard reset expects them
+
+
+@pytest.mark.parametrize("method, uses_usb", [("rts-dtr", False), ("usb-jtag", True)])
+def test_pulse_reset_is_esptools_hard_reset(recorded, monkeypatch, method, uses_usb):
+    from esp_pylib import serial_reset
+    from esptool.reset import HardReset
+
+    name, events = recorded
+    monkeypatch.setattr(serial_reset.time, "sleep", lambda s: events.append(("sleep", s)))
+    with open_link(name, 115200) as link:
+        events.clear()
+        link.pulse_reset(method)
+        ours = list(events)
+        events.clear()
+        HardReset(link._port, uses_usb=uses_usb).reset()  # noqa: SLF001 - esptool on the very same port
+        theirs = list(events)
+    assert ours == theirs
+    states = _states([("DTR", False), ("RTS", False)] + ours)[2:]  # from idle, as open_link leaves the lines
+    assert sum(1 for a, b in zip([(False, False)] + states, states) if not _en_low(a) and _en_low(b)) == 1
+    assert not _en_low([s for s in states if s != "sleep"][-1])  # and released again: the app runs
+    assert ("sleep", 0.2 if uses_usb else 0.1) in ours
