@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__, data, localize, metrics
+from . import __version__, data, localize, metrics, noise, realtime
 from .board import Board
 from .errors import BoardTimeout, HarnessError
 from .model import Model
@@ -44,6 +44,9 @@ class BenchSpec:
     records: Sequence[str]
     warmup: int = 10
     max_beats: int | None = None
+    noise: noise.NoiseMix | None = None    # --noise: every pass streams the noisy beats
+    sweep: noise.SweepSpec | None = None   # --noise-sweep: clean pass, then one pass per noise and SNR
+    baud: int | None = None                # --baud when given; the real-time margin uses it over the profile's
 
 
 @dataclass
@@ -81,7 +84,11 @@ def _count_beats(model: Model, spec: BenchSpec) -> int:
 def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSpec, reference: Reference,
         cross_reference: Reference | None = None,
         on_progress: Callable[[Progress], None] | None = None) -> Result:
-    """Benchmark `model` on `board`; typed failures come back inside the Result (status error, partial)."""
+    """Benchmark `model` on `board`; typed failures come back inside the Result (status error, partial).
+
+    With `spec.sweep` the model is uploaded once and the beats stream again per noise record and SNR
+    (`_sweep`); with `spec.noise` the one pass streams the noisy beats.
+    """
     started = _now()
     tally = _Tally()
     result = Result(model=model.name, device=device, profile=profile.name, task=model.task)
@@ -94,8 +101,7 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     result.memory["model_bytes"] = model.size_bytes
     result.bit_exact["reference"] = reference.name
     skipped_edge = 0
-    link = dict.fromkeys(("sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames", "resets",
-                          "reuploads", "recoveries"), 0)
+    link = dict.fromkeys(_LINK_KEYS, 0)
     t0 = time.perf_counter()
     hello = None
     try:
@@ -114,48 +120,8 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
         total = _count_beats(model, spec)
         result.beats["total"] = total
         t0 = time.perf_counter()  # throughput counts streaming only, not the model upload
-        last_report = 0.0
-        for name in spec.records:
-            if spec.max_beats is not None and tally.verified >= spec.max_beats:
-                break
-            windows = data.beat_windows(data.load_record(spec.mitdb_dir, name), model.window)
-            skipped_edge += windows.skipped
-            beats = windows.beats
-            if spec.max_beats is not None:
-                beats = beats[: spec.max_beats - tally.verified]
-            x = data.quantize(windows.x[: len(beats)], model.input.scale, model.input.zero_point)
-            x = x.reshape((len(beats),) + tuple(model.input.shape[1:]))
-            expected = reference.run(x).reshape(len(beats), -1)
-            cross = cross_reference.run(x).reshape(len(beats), -1) if cross_reference else None
-            if cross is not None:
-                diff = np.abs(cross.astype(np.int16) - expected.astype(np.int16))
-                tally.refs_disagree += int(np.count_nonzero(diff.max(axis=1)))
-                tally.refs_max_abs_diff = max(tally.refs_max_abs_diff, int(diff.max(initial=0)))
-            flat = x.reshape(len(beats), -1)
-            base = tally.verified
-
-            def on_result(i: int, inference, *, _beats=beats, _expected=expected, _cross=cross, _base=base,
-                          _x=flat) -> None:
-                nonlocal last_report
-                _compare(tally, model, _beats[i], _base + i, inference, _expected[i],
-                         None if _cross is None else _cross[i], _x[i])
-                now = time.perf_counter()
-                if on_progress and now - last_report > 0.5:
-                    last_report = now
-                    on_progress(Progress(model.name, device, tally.verified, total,
-                                         tally.verified / max(now - t0, 1e-9), tally.mismatching))
-
-            try:
-                stats = board.infer_stream((row.tobytes() for row in flat), total=len(beats),
-                                           on_result=on_result)
-            except BoardTimeout as err:
-                # The board counts within this record; the user needs the whole run's position.
-                raise BoardTimeout(f"{err.message} (record {name}); {tally.verified} of {total} beats of the "
-                                   f"run verified, the partial figures cover only those", err.hint,
-                                   verified=tally.verified, total=total,
-                                   stopped_at=f"record {name}, {err.stopped_at}", code=err.code) from None
-            for key in link:
-                link[key] += getattr(stats, key)
+        skipped_edge = _stream(board, model, spec, spec.noise, reference, cross_reference, tally, link, total,
+                               device, model.name, on_progress, t0)
         result.status = "pass"
     except HarnessError as err:
         result.status = "error"
@@ -166,7 +132,13 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
         on_progress(Progress(model.name, device, tally.verified, result.beats.get("total", 0),
                              tally.verified / max(wall_s, 1e-9), tally.mismatching))
     _finish(result, tally, model, hello, spec, wall_s, skipped_edge)
+    result.realtime = realtime.margin(result.latency, profile, model.input.nbytes, baud=spec.baud)
     result.link = link
+    if spec.noise is not None:
+        result.provenance["noise"] = spec.noise.provenance()
+        result.noise = {"spec": spec.noise.spec, "source": spec.noise.source.label, "seed": spec.noise.seed}
+    if spec.sweep is not None and result.status == "pass" and not tally.mismatching:
+        _sweep(result, board, model, spec, reference, device, on_progress)
     result.provenance["finished_at"] = _now()
     if result.status == "pass" and tally.mismatching:
         first = tally.first_mismatch
@@ -182,6 +154,180 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
                         f"{result.bit_exact['cross_check']['verdict']}; {localisation['summary']}"),
         }
     return result
+
+
+_LINK_KEYS = ("sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames", "resets", "reuploads",
+              "recoveries")
+
+
+def _stream(board: Board, model: Model, spec: BenchSpec, mix: noise.NoiseMix | None, reference: Reference,
+            cross_reference: Reference | None, tally: _Tally, link: dict, total: int, device: str, label: str,
+            on_progress: Callable[[Progress], None] | None, t0: float) -> int:
+    """One pass of every beat through the board (noisy when `mix` is given) into `tally`; → beats skipped
+    at record edges. Raises the board's HarnessError; the model must already be on the board."""
+    skipped_edge = 0
+    last_report = 0.0
+    for name in spec.records:
+        if spec.max_beats is not None and tally.verified >= spec.max_beats:
+            break
+        record = data.load_record(spec.mitdb_dir, name)
+        if mix is not None:
+            record = mix.apply(record)
+        windows = data.beat_windows(record, model.window)
+        skipped_edge += windows.skipped
+        beats = windows.beats
+        if spec.max_beats is not None:
+            beats = beats[: spec.max_beats - tally.verified]
+        x = data.quantize(windows.x[: len(beats)], model.input.scale, model.input.zero_point)
+        x = x.reshape((len(beats),) + tuple(model.input.shape[1:]))
+        expected = reference.run(x).reshape(len(beats), -1)
+        cross = cross_reference.run(x).reshape(len(beats), -1) if cross_reference else None
+        if cross is not None:
+            diff = np.abs(cross.astype(np.int16) - expected.astype(np.int16))
+            tally.refs_disagree += int(np.count_nonzero(diff.max(axis=1)))
+            tally.refs_max_abs_diff = max(tally.refs_max_abs_diff, int(diff.max(initial=0)))
+        flat = x.reshape(len(beats), -1)
+        base = tally.verified
+
+        def on_result(i: int, inference, *, _beats=beats, _expected=expected, _cross=cross, _base=base,
+                      _x=flat) -> None:
+            nonlocal last_report
+            _compare(tally, model, _beats[i], _base + i, inference, _expected[i],
+                     None if _cross is None else _cross[i], _x[i])
+            now = time.perf_counter()
+            if on_progress and now - last_report > 0.5:
+                last_report = now
+                on_progress(Progress(label, device, tally.verified, total,
+                                     tally.verified / max(now - t0, 1e-9), tally.mismatching))
+
+        try:
+            stats = board.infer_stream((row.tobytes() for row in flat), total=len(beats),
+                                       on_result=on_result)
+        except BoardTimeout as err:
+            # The board counts within this record; the user needs the whole run's position.
+            raise BoardTimeout(f"{err.message} (record {name}); {tally.verified} of {total} beats of the "
+                               f"run verified, the partial figures cover only those", err.hint,
+                               verified=tally.verified, total=total,
+                               stopped_at=f"record {name}, {err.stopped_at}", code=err.code) from None
+        for key in link:
+            link[key] += getattr(stats, key)
+    return skipped_edge
+
+
+def _quality(model: Model, tally: _Tally) -> dict:
+    """The accuracy figures a sweep point keeps: accuracy, macro-F1 (or anomaly F1), per-class Se/+P."""
+    if model.task == "classifier":
+        acc = metrics.classification(tally.y_true, tally.y_pred, list(model.labels))
+        return {"accuracy": acc["accuracy"], "macro_f1": acc["macro_f1"],
+                "per_class": {label: {"se": per["se"], "ppv": per["ppv"], "support": per["support"]}
+                              for label, per in acc["per_class"].items()}}
+    threshold = float((model.anomaly or {}).get("threshold", 0.0))
+    an = metrics.anomaly(tally.errors, tally.is_normal, threshold)
+    # An autoencoder has no classes: its quality figure is the anomaly F1, its "class" the abnormal beats.
+    return {"accuracy": an["accuracy"], "macro_f1": None, "f1": an["f1"],
+            "per_class": {"abnormal": {"se": an["se"], "ppv": an["ppv"]}}}
+
+
+def _sweep(result: Result, board: Board, model: Model, spec: BenchSpec, reference: Reference, device: str,
+           on_progress: Callable[[Progress], None] | None) -> None:
+    """Stream the beats again per noise record and SNR, on the model already on the board, into
+    result.noise["sweep"]. Each point is checked bit for bit against `reference` (no cross-check: that one
+    only explains a mismatch); a mismatch or a board error ends the sweep and becomes the verdict."""
+    sweep = spec.sweep
+    metric = "macro_f1" if model.task == "classifier" else "f1"
+    clean = _clean_quality(result, model)
+    curves: dict[str, dict] = {}
+    offsets: dict = {}
+    total = result.beats.get("total", 0)
+    result.noise = {"sweep": {"snr_db": list(sweep.snrs_db), "noises": list(sweep.names), "metric": metric,
+                              "clean": clean, "curves": curves, "seed": sweep.seed,
+                              "source": sweep.source.label, "offset": offsets}}
+    result.provenance["noise"] = {"spec": f"sweep {sweep.label}", "seed": sweep.seed, "offset": offsets,
+                                  "source": sweep.source.label}
+    link = dict.fromkeys(_LINK_KEYS, 0)
+    for name in sweep.names:
+        points: list[dict] = []
+        curves[name] = {"points": points}
+        for snr in sweep.snrs_db:
+            mix = sweep.mix(name, snr)
+            tally = _Tally()
+            t0 = time.perf_counter()
+            try:
+                _stream(board, model, spec, mix, reference, None, tally, link, total, device,
+                        f"{model.name} [{name} {snr:g} dB]", on_progress, t0)
+            except HarnessError as err:
+                result.status = "error"
+                result.partial = True
+                result.failure = {"kind": err.kind, "code": err.code,
+                                  "message": f"{err} (noise sweep, {name} at {snr:g} dB)"}
+                curves[name].update(_threshold(points, clean.get(metric), metric))
+                return
+            offsets.update({rec: info["offset"] for rec, info in mix.applied.items()})
+            point = {"snr_db": snr, "beats": tally.verified, "mismatching_beats": tally.mismatching,
+                     **_quality(model, tally)}
+            points.append(point)
+            if tally.mismatching:
+                first = tally.first_mismatch
+                result.status = "fail"
+                result.bit_exact["noise_mismatching_beats"] = tally.mismatching
+                result.failure = {
+                    "kind": "mismatch", "code": "HIL501",
+                    "message": (f"HIL501 {model.name}@{device}: under noise {name} at {snr:g} dB, {tally.mismatching} "
+                                f"of {tally.verified} beats differ from {reference.name} (max |diff| "
+                                f"{tally.max_abs_diff}); first at record {first['record']}, sample "
+                                f"{first['sample']}: device {first['device']} vs reference {first['reference']}"),
+                }
+                curves[name].update(_threshold(points, clean.get(metric), metric))
+                return
+        curves[name].update(_threshold(points, clean.get(metric), metric))
+    result.noise["sweep"]["link"] = link
+
+
+def _clean_quality(result: Result, model: Model) -> dict:
+    """The clean pass's figures in a sweep point's shape (the 90 % line is drawn from it)."""
+    acc = result.accuracy
+    if model.task == "classifier":
+        return {"snr_db": None, "beats": result.beats.get("verified"), "accuracy": acc.get("accuracy"),
+                "macro_f1": acc.get("macro_f1"),
+                "per_class": {label: {"se": per.get("se"), "ppv": per.get("ppv"), "support": per.get("support")}
+                              for label, per in (acc.get("per_class") or {}).items()}}
+    an = acc.get("anomaly") or {}
+    return {"snr_db": None, "beats": result.beats.get("verified"), "accuracy": an.get("accuracy"),
+            "macro_f1": None, "f1": an.get("f1"), "per_class": {"abnormal": {"se": an.get("se"), "ppv": an.get("ppv")}}}
+
+
+SNR90_SHARE = 0.9
+
+
+def _threshold(points: list[dict], clean: float | None, metric: str) -> dict:
+    """The SNR at which `metric` falls below 90 % of its clean value, going down the sweep's SNRs.
+
+    Linear interpolation (in dB) between the last point at or above the line and the first below it;
+    `snr90_at_grid_db` is that first grid point below. None, with a note, when the curve never crosses
+    (or starts below the line, or the clean value is unknown).
+    """
+    out = {"snr90_db": None, "snr90_at_grid_db": None, "snr90_note": None, "snr90_line": None}
+    if clean is None or not points:
+        out["snr90_note"] = "no clean value to compare with" if clean is None else "no sweep points"
+        return out
+    line = SNR90_SHARE * clean
+    out["snr90_line"] = line
+    previous = None
+    for point in points:  # highest SNR first
+        value = point.get(metric)
+        if value is not None and value < line:
+            out["snr90_at_grid_db"] = point["snr_db"]
+            if previous is None:
+                out["snr90_note"] = f"already below 90 % of clean at {point['snr_db']:g} dB, the highest SNR swept"
+                return out
+            v0, s0 = previous[metric], previous["snr_db"]
+            s1 = point["snr_db"]
+            out["snr90_db"] = s0 + (v0 - line) / (v0 - value) * (s1 - s0)
+            return out
+        if value is not None:
+            previous = point
+    out["snr90_note"] = f"stays at or above 90 % of clean down to {points[-1]['snr_db']:g} dB"
+    return out
 
 
 def _localise(board: Board, model: Model, hello, x: bytes | None, reference: str = localize.REFERENCE) -> dict:

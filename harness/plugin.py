@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from . import bench, data, gate, refcache, report
+from . import bench, data, gate, noise, refcache, report
 from .board import Board
 from .errors import ConfigError, HarnessError
 from .model import Model, check_model, load_registry, load_user_model
@@ -70,6 +70,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="virtual board: limit the link to the baud rate, like a UART")
     g.addoption("--virtual-fault", action="append", default=None, metavar="SPEC",
                 help="virtual board fault switch, e.g. flip-lsb:5 (see harness/virtual)")
+    # Noise (harness/noise.py): MIT-BIH Noise Stress Test Database noise at an SNR, before windowing.
+    g.addoption("--noise", default=None, metavar="NAME:DB,...",
+                help="add NSTDB noise at these SNRs (NSTDB's definition), e.g. bw:12,ma:6 (bw, ma; em if --nstdb has it)")
+    g.addoption("--noise-sweep", default=None, metavar="NAMES",
+                help="after the clean pass, stream the beats again per noise and SNR (24,18,12,6,0,-6 dB), e.g. bw,ma")
+    g.addoption("--noise-snr", default=None, metavar="DB,...", help="SNRs of --noise-sweep (default 24,18,12,6,0,-6)")
+    g.addoption("--noise-seed", type=int, default=None,
+                help="seed of each record's noise offset (default 0; recorded in provenance)")
+    g.addoption("--nstdb", default=None, metavar="DIR",
+                help="NSTDB noise records (default ../shared/nstdb, else the 300 s bundled in data/nstdb)")
 
 
 @dataclass
@@ -101,6 +111,10 @@ class HilSession:
     @classmethod
     def from_config(cls, config: pytest.Config) -> "HilSession":
         opt = config.option
+        mix, sweep = noise.from_options(opt.noise, opt.noise_sweep, opt.noise_snr, opt.noise_seed, opt.nstdb)
+        if mix is not None and opt.update_baseline:
+            raise ConfigError("--update-baseline with --noise", "baselines hold clean figures: drop --noise "
+                              "(a --noise-sweep run may update them, its first pass is clean)", code="HIL150")
         devices = opt.device or ["virtual"]
         slots = []
         for device in devices:
@@ -124,7 +138,7 @@ class HilSession:
             gate.load_baseline(baseline_dir / f"{slot.profile.name}.json")
         return cls(models=models, slots=slots,
                    spec=bench.BenchSpec(mitdb_dir=mitdb, records=records, warmup=opt.warmup,
-                                        max_beats=opt.max_beats),
+                                        max_beats=opt.max_beats, noise=mix, sweep=sweep, baud=opt.baud),
                    reference=opt.reference, out_dir=out_dir, baseline_dir=baseline_dir,
                    update_baseline=opt.update_baseline, reference_cache=cache,
                    options={"baud": opt.baud, "window": opt.window, "build_dir": opt.build_dir,
@@ -190,7 +204,8 @@ class HilSession:
                                                     "hits": ref.hits + cross.hits,
                                                     "misses": ref.misses + cross.misses}
         baseline = gate.load_baseline(self.baseline_dir / f"{slot.profile.name}.json")
-        if baseline is not None and not self.update_baseline and result.status == "pass":
+        # Noisy beats are not the beats a baseline was taken on: --noise runs are not gated.
+        if baseline is not None and not self.update_baseline and result.status == "pass" and not self.spec.noise:
             gate.apply(result, gate.check(result, baseline))
         self.results.append(result)
         return result
@@ -364,6 +379,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         return
     terminalreporter.section("HIL bench")
     for line in report.format_table(hil.results).splitlines():
+        terminalreporter.write_line(line)
+    for line in report.format_realtime(hil.results) + report.format_noise(hil.results):
         terminalreporter.write_line(line)
     terminalreporter.write_line(f"results: {hil.out_dir / 'results.json'}   junit: {hil.out_dir / 'junit.xml'}")
     if hil.update_baseline:

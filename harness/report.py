@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
@@ -273,3 +274,88 @@ def _status_cell(result: Result) -> str:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- real time and noise (below the table) ---------------------------------------------------------------
+def format_realtime(results: Sequence[Result]) -> list[str]:
+    """The real-time table: per result, latency p99 + one beat over the link against 60 and 350 bpm."""
+    rows = []
+    flags = []
+    for result in results:
+        rt = result.realtime or {}
+        if not rt.get("source"):
+            continue
+        est = " (est.)" if rt["source"] == "static_estimate" else ""
+        rates = rt.get("rates") or {}
+        max_bpm = rt.get("max_bpm")
+        keeps_up = (rates.get("350") or {}).get("keeps_up")
+        rows.append([
+            result.name,
+            f"{rt['latency_s'] * 1e3:,.2f} ms{est}",
+            f"{rt['link_s_per_beat'] * 1e3:.2f} ms",
+            _percent((rates.get("60") or {}).get("duty_cycle")),
+            _percent((rates.get("350") or {}).get("duty_cycle")),
+            ("–" if max_bpm is None else f"{max_bpm:,.0f}{est}") + ("" if keeps_up is not False else " ⚑"),
+        ])
+        if rt.get("flag"):
+            flags += textwrap.wrap(f"⚑ {result.name}: {rt['flag']}", TABLE_WIDTH, subsequent_indent="    ")
+    if not rows:
+        return []
+    header = ["real time", "latency p99", "link/beat", "duty@60bpm", "duty@350bpm", "max bpm"]
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+    widths[0] = min(widths[0], 40)
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(_clip(c, widths[i]).ljust(widths[i]) if i == 0 else c.rjust(widths[i])
+                         for i, c in enumerate(cells)).rstrip()
+
+    out = ["", line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    out.append("duty = (latency p99 + receiving one beat over the profile's link) ÷ beat interval (1 s at 60 bpm, "
+               "171 ms at 350)")
+    out.append("max bpm = the highest heart rate sustained; ⚑ = cannot keep up at 350 bpm (flagged, not failed)")
+    return out + flags
+
+
+def format_noise(results: Sequence[Result]) -> list[str]:
+    """One compact line per result: the metric at each swept SNR and where it falls below 90 % of clean."""
+    out = []
+    for result in results:
+        noise = result.noise or {}
+        if noise.get("spec"):
+            out.append(f"noise: {result.name} ran with --noise {noise['spec']} (NSTDB SNR, seed {noise.get('seed')}); "
+                       "its figures are under noise and not gated")
+        sweep = noise.get("sweep")
+        if not sweep:
+            continue
+        metric = sweep.get("metric", "macro_f1")
+        parts = [f"{result.name}  clean {_short((sweep.get('clean') or {}).get(metric))}"]
+        for name, curve in (sweep.get("curves") or {}).items():
+            values = " ".join(_short(p.get(metric)) for p in curve.get("points") or [])
+            snr90 = curve.get("snr90_db")
+            if snr90 is not None:
+                where = f"{snr90:.1f} dB"
+            elif curve.get("snr90_at_grid_db") is not None:
+                where = f">{curve['snr90_at_grid_db']:g} dB"
+            else:
+                points = curve.get("points") or []
+                where = f"<{points[-1]['snr_db']:g} dB" if points else "–"
+            parts.append(f"{name} {values} 90%@{where}")
+        out.append("   ".join(parts))
+    if any((r.noise or {}).get("sweep") for r in results):
+        first = next(r.noise["sweep"] for r in results if (r.noise or {}).get("sweep"))
+        snrs = "/".join(f"{s:g}" for s in first.get("snr_db") or [])
+        metric = "macro-F1" if first.get("metric") == "macro_f1" else "anomaly F1"
+        out.insert(0, f"noise sweep: {metric} at {snrs} dB (NSTDB SNR); 90%@ = SNR where it falls below 90 % of clean")
+        out.insert(0, "")
+    return out
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f} %"
+
+
+def _short(value: float | None) -> str:
+    """.712 for 0.712: three digits, no leading zero, so a curve fits on one line."""
+    if value is None:
+        return "–"
+    return f"{value:.3f}"[1:] if 0 <= value < 1 else f"{value:.2f}"

@@ -21,9 +21,19 @@ Shape of each block (keys absent or None when unknown):
 - memory: {"arena_used_bytes", "arena_size_bytes", "model_bytes"}
 - link: {"sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames", "resets", "reuploads",
   "recoveries"}
+- realtime (harness/realtime.py): {"source": latency source, "latency_stat": "p99", "latency_s",
+  "link_s_per_beat", "link": {"baud", "bits_per_byte", "transport", "model", "wire_bytes", "input_bytes"},
+  "rates": {"60"|"350": {"interval_s", "duty_cycle", "compute_duty_cycle", "keeps_up"}}, "max_bpm",
+  "flag": str | None}; duty_cycle counts receiving the beat and the invoke, compute_duty_cycle the invoke only
+- noise (harness/noise.py): with --noise {"spec", "source", "seed"}; with --noise-sweep {"sweep": {"snr_db":
+  [...], "noises": [...], "metric": "macro_f1" | "f1" (autoencoder), "clean": point, "curves": {noise: {"points":
+  [point, ...], "snr90_db", "snr90_at_grid_db", "snr90_line", "snr90_note"}}, "seed", "source", "offset", "link"}},
+  point = {"snr_db", "beats", "mismatching_beats", "accuracy", "macro_f1", "per_class": {label: {"se", "ppv",
+  "support"}}}; snr90_db = the SNR where the metric falls below 90 % of clean (interpolated), None if it does not
 - provenance: {"model_sha256", "model_path", "firmware": {"version", "build_hash", "chip", "cpu_mhz",
   "kernel_mode"}, "reference": {"name", "version", "kernels", "note"}, "cross_reference": {...} | None,
-  "records", "data_dir", "harness_version", "python", "started_at", "finished_at", "profile_path"}
+  "records", "data_dir", "harness_version", "python", "started_at", "finished_at", "profile_path",
+  "noise": {"spec", "seed", "offset": {record: first noise sample}, "source", "records": {record: gains}}}
 """
 
 from __future__ import annotations
@@ -65,6 +75,8 @@ class Result:
     link: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     regressions: list[str] = field(default_factory=list)
+    realtime: dict = field(default_factory=dict)
+    noise: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -216,7 +228,38 @@ class Result:
         xref = prov.get("cross_reference") or {}
         out["cross_reference_version"] = xref.get("version")
         out["regressions"] = len(self.regressions)
+        self._realtime_figures(out)
+        self._noise_figures(out)
         return {key: value for key, value in _plain(out).items() if value is not None}
+
+    def _realtime_figures(self, out: dict[str, Any]) -> None:
+        rt = self.realtime or {}
+        source = rt.get("source")
+        if not source:
+            return
+        out["realtime_source"] = source
+        out[f"realtime_max_bpm_{source}"] = rt.get("max_bpm")
+        out[f"realtime_latency_{rt.get('latency_stat', 'p99')}_s_{source}"] = rt.get("latency_s")
+        out["realtime_link_s_per_beat"] = rt.get("link_s_per_beat")
+        for bpm, figures in (rt.get("rates") or {}).items():
+            out[f"realtime_duty_cycle_{bpm}bpm_{source}"] = figures.get("duty_cycle")
+            out[f"realtime_keeps_up_{bpm}bpm"] = figures.get("keeps_up")
+        out["realtime_flag"] = rt.get("flag")
+
+    def _noise_figures(self, out: dict[str, Any]) -> None:
+        noise = self.noise or {}
+        prov = self.provenance.get("noise") or {}
+        if prov.get("spec"):
+            out["noise_spec"] = prov["spec"]
+            out["noise_seed"] = prov.get("seed")
+        sweep = noise.get("sweep") or {}
+        metric = sweep.get("metric", "macro_f1")
+        for name, curve in (sweep.get("curves") or {}).items():
+            out[f"noise_{name}_snr90_db"] = curve.get("snr90_db")
+            for point in curve.get("points") or []:
+                snr = f"{point.get('snr_db'):g}".replace("-", "m")
+                out[f"noise_{name}_{snr}db_{metric}"] = point.get(metric)
+                out[f"noise_{name}_{snr}db_accuracy"] = point.get("accuracy")
 
     def _accuracy_figures(self, out: dict[str, Any]) -> None:
         acc = self.accuracy
