@@ -447,6 +447,14 @@ def _finish(result: Result, tally: _Tally, model: Model, hello, spec: BenchSpec,
             # cpu_mhz 0: no meaningful clock (docs/protocol.md §10), so cycles are not turned into time.
             "us": metrics.latency(cycles / hello.cpu_mhz, spec.warmup) if hello.cpu_mhz else None,
         }
+        if hello.timing_source == "device_cycles" and hello.cpu_mhz:
+            check = metrics.clock_agreement(tally.cycles, tally.wall_ns, hello.cpu_mhz)
+            check["source"] = "device_cycles vs device_clock"
+        else:
+            # Estimated cycles against a host clock tell nothing about the device: not compared.
+            check = {"compared": 0, "flagged": 0, "source": None,
+                     "reason": f"cycles are a {hello.timing_source.replace('_', ' ')}, not a device counter"}
+        result.latency["clock_check"] = check
         result.host_time = {
             "source": ("host_wall" if hello.timing_source in ("static_estimate", "host_clock")
                        else "device_clock"),

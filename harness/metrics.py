@@ -147,3 +147,37 @@ def anomaly(errors: Sequence[float], is_normal: Sequence[bool], threshold: float
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         "confusion": [[tn, fp], [fn, tp]],
     }
+
+
+# Cycles vs wall time (bench): a beat whose device cycle count, turned into time at the HELLO clock, and the
+# device's own timer around the same invoke differ by more than this is flagged. The timer also covers the
+# input and output copies (a few µs) and has 1 µs resolution; a larger gap means the clock changed (DFS,
+# light sleep), the counter wrapped, or the invoke ran on another core than the one counted.
+CLOCK_MARGIN_REL = 0.05
+CLOCK_MARGIN_US = 20.0
+
+
+def clock_agreement(cycles: Sequence[float], wall_ns: Sequence[float], cpu_mhz: float, *,
+                    rel: float = CLOCK_MARGIN_REL, abs_us: float = CLOCK_MARGIN_US) -> dict:
+    """Per-beat check that cycles ÷ MHz agrees with the wall time of the same invoke.
+
+    Returns {"compared": n, "flagged": k, "first_flagged": {"beat", "cycles_us", "wall_us"} | None,
+    "max_gap_us", "margin": {"rel", "abs_us"}}. A beat is flagged when |wall − cycles/MHz| > abs_us +
+    rel × cycles/MHz.
+    """
+    c = np.asarray(list(cycles), dtype=np.float64)
+    w = np.asarray(list(wall_ns), dtype=np.float64) / 1e3
+    n = min(len(c), len(w))
+    out = {"compared": int(n), "flagged": 0, "first_flagged": None, "max_gap_us": None,
+           "margin": {"rel": rel, "abs_us": abs_us}}
+    if n == 0 or cpu_mhz <= 0:
+        return out
+    c_us = c[:n] / float(cpu_mhz)
+    gap = np.abs(w[:n] - c_us)
+    bad = np.flatnonzero(gap > abs_us + rel * c_us)
+    out["flagged"] = int(len(bad))
+    out["max_gap_us"] = float(gap.max())
+    if len(bad):
+        i = int(bad[0])
+        out["first_flagged"] = {"beat": i, "cycles_us": float(c_us[i]), "wall_us": float(w[i])}
+    return out

@@ -15,7 +15,9 @@ Shape of each block (keys absent or None when unknown):
 - accuracy: metrics.classification(...) for classifiers; {"anomaly": metrics.anomaly(...), "mean_error"}
   for autoencoders
 - latency: {"source": "device_cycles" | "static_estimate", "cpu_mhz", "cycles": metrics.latency(...),
-  "us": metrics.latency(...)}
+  "us": metrics.latency(...), "clock_check": metrics.clock_agreement(...) + {"source"} (beats whose
+  cycles ÷ MHz and device wall time disagree beyond the margin: preemption on another core, clock change,
+  counter wrap), or {"compared": 0, "reason"} when cycles are not a device counter}
 - host_time: {"source": "host_wall", "invoke_us": metrics.latency(...)}
 - throughput: {"source": "host_wall", "beats_per_s", "wall_s"}
 - memory: {"arena_used_bytes", "arena_size_bytes", "model_bytes"}
@@ -200,6 +202,10 @@ class Result:
                 stats = self.latency.get(unit) or {}
                 for stat, short in _STAT_NAMES.items():
                     out[f"latency_{short}_{unit}_{source}"] = stats.get(stat)
+        clock = self.latency.get("clock_check") or {}
+        if clock.get("compared"):
+            out["clock_checked_beats"] = clock.get("compared")
+            out["clock_disagree_beats"] = clock.get("flagged")
         host = self.host_time.get("invoke_us") or {}
         host_source = self.host_time.get("source", "host_wall")
         for stat, short in _STAT_NAMES.items():

@@ -106,3 +106,22 @@ def test_anomaly_error_equal_to_threshold_is_normal_and_zero_division_is_none():
     json.dumps(got, allow_nan=False)
     with pytest.raises(ValueError):
         metrics.anomaly([float("nan")], [True], 0.4)
+
+
+def test_clock_agreement_flags_beats_whose_cycles_and_wall_time_disagree():
+    from harness.metrics import clock_agreement
+
+    mhz = 240
+    cycles = [240_000] * 10                 # 1000 µs each by the cycle counter
+    wall = [1_004_000] * 10                 # 1004 µs by the timer: copies and timer resolution, fine
+    wall[3] = 1_500_000                     # preempted or clock changed: 500 µs more
+    wall[7] = 800_000                       # clock went up (DFS): fewer µs than the cycles say
+    check = clock_agreement(cycles, wall, mhz)
+    assert check["compared"] == 10 and check["flagged"] == 2
+    assert check["first_flagged"] == {"beat": 3, "cycles_us": 1000.0, "wall_us": 1500.0}
+    assert check["max_gap_us"] == 500.0
+    # The margin is relative plus absolute: exactly at the edge passes, just past it is flagged.
+    edge = 1000 + check["margin"]["abs_us"] + check["margin"]["rel"] * 1000
+    assert clock_agreement([240_000], [edge * 1000], mhz)["flagged"] == 0
+    assert clock_agreement([240_000], [(edge + 0.01) * 1000], mhz)["flagged"] == 1
+    assert clock_agreement([], [], mhz)["compared"] == 0
