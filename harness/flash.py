@@ -25,6 +25,7 @@ from esptool import cmds
 from esptool.targets import CHIP_DEFS
 from esp_pylib.errors import FatalError  # base of every esptool error
 
+from . import transport  # noqa: F401 - registers the harness rfc2217:// client esptool opens
 from .build import Build
 from .errors import FlashError
 

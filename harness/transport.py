@@ -1,4 +1,5 @@
-"""Bytes to and from a board: a local serial port, the virtual board's pty, or a pyserial URL (socket://).
+"""Bytes to and from a board: a local serial port, the virtual board's pty, or a pyserial URL (socket://,
+rfc2217:// for a board behind an RFC 2217 server such as esptool's esp_rfc2217_server or ser2net).
 
 `open_link` opens the port with pyserial, exclusively: pyserial's own `exclusive=True` (flock on the
 device) plus a lock file keyed by the device's real path that holds our PID, so a second run on the same
@@ -28,6 +29,11 @@ from esp_pylib.serial_reset import set_dtr, set_rts
 from esptool.reset import HardReset
 
 from .errors import BoardBusyError, LinkError
+
+# Our rfc2217:// client (harness/urlhandler) first: it is pyserial's, negotiating line settings only when
+# they change; esptool opens its ports through serial_for_url too, so flashing over the network gains as well.
+if "harness.urlhandler" not in serial.protocol_handler_packages:
+    serial.protocol_handler_packages.insert(0, "harness.urlhandler")
 
 RESET_METHODS = ("none", "rts-dtr", "usb-jtag")
 
@@ -262,7 +268,17 @@ def _open_url(url: str, baud: int, timeout: float) -> Link:
                         "give a device path (/dev/ttyUSB0) or a pyserial URL such as socket://host:port",
                         code="HIL200") from None
     except (serial.SerialException, OSError) as exc:
-        raise LinkError(f"cannot connect to {url}: {_cause(exc)}",
+        cause = _cause(exc)
+        if url.startswith("rfc2217://"):
+            if "does not accept" in cause or "not seem to support" in cause or "timeout while waiting" in cause:
+                # The TCP port answered but not as an RFC 2217 server (a raw TCP bridge, a busy server).
+                raise LinkError(f"{url} does not answer as an RFC 2217 server: {cause}",
+                                "use socket:// for a raw TCP bridge, or check that no other run holds the "
+                                "server (it serves one client at a time)", code="HIL207") from None
+            raise LinkError(f"cannot connect to {url}: {cause}",
+                            "start the RFC 2217 server on that host (e.g. `esp_rfc2217_server -p PORT "
+                            "/dev/ttyUSB0`) and check host and port", code="HIL206") from None
+        raise LinkError(f"cannot connect to {url}: {cause}",
                         "check that the virtual board or the network bridge is running on that host and port",
                         code="HIL206") from None
     return Link(port, url, baud, timeout, None)
