@@ -24,7 +24,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .errors import ConfigError
-from .model import _schema, open_interpreter, verify_flatbuffer
+from .flatbuf import schema as _schema
+from .flatbuf import verify_flatbuffer
+from .model import open_interpreter
 from .protocol import DUMP_INPUT_OP, DumpedTensor
 
 REFERENCE = "tflite-ref"  # the default; localise() compares with the run's reference

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -21,11 +20,15 @@ import yaml
 
 from . import data
 from .errors import ModelError
+# The file-level pieces live in harness/flatbuf.py (below this module and the TFLM probe); these names stay
+# importable from here for existing callers.
+from .flatbuf import RESOLVER_OPS_PATH, firmware_ops, resolver_op_count, resolver_ops, verify_flatbuffer  # noqa: F401
+from .flatbuf import flatbuffer_ops as _flatbuffer_ops
+from .flatbuf import schema as _schema  # noqa: F401
 from .profiles import Profile
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 REGISTRY_PATH = REPO_DIR / "models" / "registry.yaml"
-RESOLVER_OPS_PATH = REPO_DIR / "firmware" / "resolver_ops.def"
 
 TASKS = ("classifier", "autoencoder")
 ANOMALY_ERRORS = ("mse", "mae")
@@ -105,99 +108,6 @@ def _interpreter_module():
             raise ModelError("no TFLite interpreter is installed (tflite-runtime or ai-edge-litert)",
                              "pip install tflite-runtime (Python ≤ 3.11) or ai-edge-litert", code="HIL112") from None
     return Interpreter, OpResolverType
-
-
-def _schema():
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated
-    return schema_py_generated
-
-
-def verify_flatbuffer(model_data: bytes, where: str = "model") -> None:
-    """Raise HIL112 unless the bytes are a structurally sound TFLite flatbuffer.
-
-    Unpacking the whole object tree in Python reads every offset the C++ loader would follow, so a
-    truncated or garbled buffer fails here with an exception instead of a segfault; index fields are
-    then checked against the table sizes they point into.
-    """
-    fix = "re-export it (or copy it again: the file may be truncated)"
-    bad = ModelError(f"{where} is not a valid TFLite flatbuffer (truncated or corrupt)", fix, code="HIL112")
-    if len(model_data) < 8:
-        raise bad
-    if model_data[4:8] != b"TFL3":
-        raise ModelError(f"{where} is not a TFLite flatbuffer (no 'TFL3' identifier)",
-                         "give a .tflite file exported by the TFLite converter", code="HIL112")
-    schema = _schema()
-    try:
-        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_data, 0))
-    except Exception:  # any failure to unpack means the structure is broken
-        raise bad from None
-    subgraphs = model.subgraphs or []
-    codes = model.operatorCodes or []
-    buffers = model.buffers or []
-    if not subgraphs:
-        raise bad
-
-    def check(what: str, indices, limit: int, table: str, optional: bool = False) -> None:
-        """An index pointing outside its table is a valid flatbuffer but a model the C++ loaders read out
-        of bounds (TFLM does not check): name the field so the message says what is broken."""
-        low = -1 if optional else 0
-        for i in (indices if indices is not None else []):
-            if not low <= int(i) < limit:
-                raise ModelError(f"{where} is a corrupt TFLite model: {what} refers to {table} {int(i)}, "
-                                 f"but there are {limit}", fix, code="HIL112")
-
-    for g, graph in enumerate(subgraphs):
-        tensors = graph.tensors or []
-        check(f"subgraph {g} input", graph.inputs, len(tensors), "tensor")
-        check(f"subgraph {g} output", graph.outputs, len(tensors), "tensor")
-        for t, tensor in enumerate(tensors):
-            check(f"subgraph {g} tensor {t}", [tensor.buffer], max(len(buffers), 1), "buffer")
-        for k, op in enumerate(graph.operators or []):
-            check(f"subgraph {g} operator {k}", [op.opcodeIndex], len(codes), "operator code")
-            check(f"subgraph {g} operator {k} input", op.inputs, len(tensors), "tensor", optional=True)
-            check(f"subgraph {g} operator {k} output", op.outputs, len(tensors), "tensor", optional=True)
-    for buf in buffers:  # buffers stored outside the flatbuffer (models > 2 GB) must lie in the file
-        if getattr(buf, "offset", 0) and buf.offset + buf.size > len(model_data):
-            raise bad
-    # The C++ loader reads names as C strings: a clobbered length or terminator sends it off the buffer.
-    if not all(b"\0" not in s and _is_utf8(s) for s in _strings(model)):
-        raise bad
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
-
-
-def _strings(node: Any):
-    """Every string field of an unpacked flatbuffer object tree (byte arrays are numpy, not bytes)."""
-    if isinstance(node, bytes):
-        yield node
-    elif isinstance(node, (list, tuple)):
-        for item in node:
-            yield from _strings(item)
-    elif hasattr(node, "__dict__"):
-        for value in vars(node).values():
-            yield from _strings(value)
-
-
-def _flatbuffer_ops(model_data: bytes) -> list[str]:
-    """Op names straight from the flatbuffer (custom ops by their custom name)."""
-    schema = _schema()
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_data, 0))
-    ops = []
-    for code in model.operatorCodes or []:
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        if names.get(builtin) == "CUSTOM":
-            custom = code.customCode
-            ops.append(custom.decode() if isinstance(custom, bytes) else str(custom))
-        else:
-            ops.append(names.get(builtin, f"BUILTIN_{builtin}"))
-    return ops
 
 
 def _tensor_info(detail: Mapping[str, Any]) -> TensorInfo:
@@ -463,35 +373,6 @@ def load_user_model(path: Path | str, *, sidecar: Path | None = None, overrides:
 
 # Firmware op list and checks ---------------------------------------------------------------------------
 
-_OP_LINE = re.compile(r"^\s*HIL_OP\(\s*([A-Z0-9_]+)\s*,\s*(\w+)\s*\)")
-_COUNT_LINE = re.compile(r"^\s*#define\s+HIL_OP_COUNT\s+(\d+)")
-
-
-@lru_cache(maxsize=None)
-def resolver_ops(path: Path = RESOLVER_OPS_PATH) -> tuple[tuple[str, str], ...]:
-    """(op name, MicroMutableOpResolver method) pairs from firmware/resolver_ops.def, in file order."""
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        raise ModelError(f"the firmware's op list {path} is missing", "restore firmware/resolver_ops.def from git",
-                         code="HIL114") from None
-    return tuple((m.group(1), m.group(2)) for m in map(_OP_LINE.match, text.splitlines()) if m)
-
-
-def resolver_op_count(path: Path = RESOLVER_OPS_PATH) -> int | None:
-    """The HIL_OP_COUNT the C++ resolver is sized with (None when the file does not define it)."""
-    for line in Path(path).read_text().splitlines():
-        match = _COUNT_LINE.match(line)
-        if match:
-            return int(match.group(1))
-    return None
-
-
-def firmware_ops() -> frozenset[str]:
-    """The op names the firmware's resolver registers (and the virtual board accepts)."""
-    return frozenset(op for op, _ in resolver_ops())
-
-
 def _rel(path: Path) -> str:
     try:
         return str(path.relative_to(REPO_DIR))
@@ -542,9 +423,8 @@ def measure_arena(model_data: bytes) -> int | None:
     """Bytes of tensor arena TFLM allocates for the model, from its allocation recorder on the host; None
     when it could not be measured (the device then reports any shortfall itself).
 
-    The measurement is the virtual board's load probe (harness/virtual/probe.py), run as a program in a
-    child process: TFLM can crash the process on an odd model, and running it by module name keeps this
-    layer from importing the board's. It is given a 1-byte firmware arena so that it stops right after its
+    The measurement is the TFLM load probe (harness/tflm_probe.py, which the virtual board also uses), run
+    as a program in a child process because TFLM can crash the process on an odd model. It is given a 1-byte firmware arena so that it stops right after its
     "measure" step (measured in an arena of at least 1 MiB) instead of also loading and invoking.
     A probe takes a second or two, and every bench run checks every model, so figures are kept in
     build/arena/, keyed by the model's sha256 and the TFLM version.
@@ -587,7 +467,7 @@ def _probe_arena(model_data: bytes) -> int | None:
         path = Path(tmp) / "model.tflite"
         path.write_bytes(model_data)
         try:
-            proc = subprocess.run([sys.executable, "-m", "harness.virtual.probe", "--no-op-check",
+            proc = subprocess.run([sys.executable, "-m", "harness.tflm_probe", "--no-op-check",
                                    "--arena", "1", str(path)], capture_output=True, text=True,
                                   timeout=ARENA_PROBE_TIMEOUT_S, cwd=str(REPO_DIR))
         except (OSError, subprocess.TimeoutExpired):

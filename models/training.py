@@ -248,7 +248,7 @@ def run_tflite(tflite: bytes, x: np.ndarray) -> tuple[np.ndarray, dict]:
 _FIGURES_SCRIPT = """
 import json, sys
 from harness import costmodel, model
-from harness.virtual import probe
+from harness import tflm_probe as probe
 data = open(sys.argv[1], 'rb').read()
 report = probe.probe(data, int(sys.argv[2]), model.firmware_ops())
 print(json.dumps({'macs': costmodel.count_macs(data), 'probe': report}))
@@ -257,7 +257,7 @@ print(json.dumps({'macs': costmodel.count_macs(data), 'probe': report}))
 
 def harness_figures(tflite_path, arena_bytes: int = 131072) -> dict:
     """What the harness will see of an INT8 model: static MACs (harness.costmodel.count_macs), the
-    firmware-op check and the TFLM arena it needs (harness.virtual.probe, TFLM's allocation recorder on
+    firmware-op check and the TFLM arena it needs (harness.tflm_probe, TFLM's allocation recorder on
     the 64-bit host), against the virtual profile's 131,072-byte arena by default.
 
     Runs in a child process: tflite-runtime 2.14 and TensorFlow 2.21 in one process clash (loading a model
@@ -276,7 +276,7 @@ def harness_figures(tflite_path, arena_bytes: int = 131072) -> dict:
         raise RuntimeError(f"the virtual board would refuse {tflite_path}: {report['error']}")
     return {"macs": raw["macs"], "macs_source": "static_estimate (harness.costmodel.count_macs)",
             "arena_used_bytes": report["arena_used"],
-            "arena_source": "TFLM allocation recorder on the 64-bit host (harness.virtual.probe)",
+            "arena_source": "TFLM allocation recorder on the 64-bit host (harness.tflm_probe)",
             "input_bytes": report["input_bytes"], "output_bytes": report["output_bytes"]}
 
 

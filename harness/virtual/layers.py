@@ -80,7 +80,7 @@ def tail_model(model_data: bytes, after_op: int, inputs: list[int]) -> bytes:
     """The model with ops 0..after_op removed; `inputs` (tensors those ops handed on) become its inputs."""
     import flatbuffers
 
-    from ..model import _schema
+    from ..flatbuf import schema as _schema
 
     schema = _schema()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_data, 0))

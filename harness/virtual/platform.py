@@ -185,12 +185,12 @@ class LoadRefused(Exception):
 
 
 def probe_model(data: bytes, arena: int) -> dict:
-    """Run the load probe (harness.virtual.probe) in a child process; returns its final report."""
+    """Run the TFLM load probe (harness.tflm_probe) in a child process; returns its final report."""
     with tempfile.NamedTemporaryFile(suffix=".tflite", delete=False) as f:
         f.write(data)
         path = f.name
     try:
-        proc = subprocess.run([sys.executable, "-m", "harness.virtual.probe", "--arena", str(arena), path],
+        proc = subprocess.run([sys.executable, "-m", "harness.tflm_probe", "--arena", str(arena), path],
                               capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
                               cwd=str(hil.REPO_ROOT), env=_child_env())
     except subprocess.TimeoutExpired:

@@ -1,7 +1,9 @@
-"""Load-time probe of a model for the virtual board, run in a child process.
+"""Load-time probe of a model with TFLM (the tflite-micro package), run in a child process.
 
 TFLM can crash the whole process on a too-small arena or an odd model, so the virtual board asks this
-probe first: `python -m harness.virtual.probe --arena N MODEL_FILE`. It checks the ops against the
+probe before it loads a model, and harness.model asks it for the arena a model needs (HIL119):
+`python -m harness.tflm_probe --arena N MODEL_FILE`. It sits below both (it imports only
+harness.flatbuf and harness.errors). It checks the ops against the
 firmware's op resolver list, measures the arena the model needs (TFLM's RecordingMicroAllocator, with a
 generous arena), then loads it with the firmware's arena and runs one invoke. It prints one JSON object per
 finished step on stdout, so the parent still learns the last good step when a later one crashes:
@@ -115,8 +117,8 @@ def probe(data: bytes, arena: int, allowed_ops: frozenset[str] | None) -> dict:
     # A well-formed flatbuffer can still hold indices outside their tables (tensor 999 of 12), which TFLM
     # follows without a check: the probe then "succeeds" on undefined behaviour and the board's own
     # interpreter reads out of bounds. The host's verifier names the broken field.
-    from ..errors import ModelError
-    from ..model import verify_flatbuffer
+    from .errors import ModelError
+    from .flatbuf import verify_flatbuffer
 
     try:
         verify_flatbuffer(data, "stored model")
@@ -168,7 +170,7 @@ def probe(data: bytes, arena: int, allowed_ops: frozenset[str] | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.virtual.probe", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.tflm_probe", description=__doc__.split("\n")[0])
     parser.add_argument("--arena", type=int, required=True, help="the firmware's tensor arena in bytes")
     parser.add_argument("--no-op-check", action="store_true", help="skip the firmware op resolver check")
     parser.add_argument("model", help="the .tflite file")
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         data = f.read()
     allowed = None
     if not args.no_op_check:
-        from ..model import firmware_ops
+        from .flatbuf import firmware_ops
 
         allowed = firmware_ops()
     _emit(probe(data, args.arena, allowed))
