@@ -106,11 +106,6 @@ class MismatchError(HarnessError):
     kind = "mismatch"
 
 
-class RegressionError(HarnessError):
-    code = "HIL510"
-    kind = "regression"
-
-
 # HIL6xx: reports and baselines ---------------------------------------------------------------------
 class ReportError(HarnessError):
     code = "HIL600"
@@ -131,7 +126,3 @@ class FlashError(HarnessError):
     code = "HIL710"
     kind = "flash"
 
-
-class NoBootError(HarnessError):
-    code = "HIL720"
-    kind = "no-boot"

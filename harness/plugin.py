@@ -11,6 +11,7 @@ failure with one line, and the evidence goes into results.json and junit.xml.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -312,7 +313,7 @@ class _ProgressLine:
         text = (f"{p.model}@{p.device}: {p.done}/{p.total} beats, {p.beats_per_s:,.0f} beats/s (host wall), "
                 f"{p.mismatches} mismatches")
         now = time.monotonic()
-        with self.capture.global_and_fixture_disabled() if self.capture else _nullcontext():
+        with self.capture.global_and_fixture_disabled() if self.capture else contextlib.nullcontext():
             if self.tty:
                 self.reporter.rewrite("    " + text, erase=True)
             elif now - self.last_line > 10 or p.done == p.total:
@@ -322,14 +323,6 @@ class _ProgressLine:
     def done(self) -> None:
         if self.tty and self.reporter:
             self.reporter.rewrite("", erase=True)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def run_case(hil: HilSession, case, request: pytest.FixtureRequest, record_property) -> Result:
