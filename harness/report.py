@@ -227,7 +227,31 @@ def format_table(results: Sequence[Result]) -> str:
     lines.append(LEGEND)
     if any(result.partial for result in results):
         lines.append(PARTIAL_NOTE)
+    lines += _anomaly_lines(results)
     return "\n".join(lines)
+
+
+ANOMALY_NOTE = ("AD = autoencoder: acc and F1 are anomaly detection (abnormal beats vs normal, at the model's "
+                "threshold), not class accuracy and macro-F1")
+
+
+def _anomaly_lines(results: Sequence[Result]) -> list[str]:
+    """Under the table, for autoencoders: what their acc/F1 cells mean, and the figures behind them."""
+    lines = []
+    for result in results:
+        if result.task != "autoencoder" or not result.accuracy:
+            continue
+        if not lines:
+            lines.append(ANOMALY_NOTE)
+        found = result.accuracy.get("anomaly") or {}
+        mean = result.accuracy.get("mean_error")
+        def num(value: float | None) -> str:
+            return "–" if value is None else f"{value:.4g}"
+
+        parts = [f"mean reconstruction error {num(mean)} (MSE)", f"threshold {num(found.get('threshold'))}"]
+        parts += [f"{label} {num(found.get(key))}" for key, label in (("se", "Se"), ("sp", "Sp"), ("ppv", "+P"))]
+        lines.append(f"{result.name}: " + ", ".join(parts))
+    return lines
 
 
 def _row(result: Result) -> list[str]:
@@ -240,14 +264,18 @@ def _row(result: Result) -> list[str]:
         bit = f"✗ {result.bit_exact.get('mismatching_beats', '?')}"
     accuracy = result.accuracy_value
     macro_f1 = result.macro_f1_value
+    mark = ""
+    if result.task == "autoencoder":  # anomaly-detection figures, marked (see ANOMALY_NOTE)
+        macro_f1 = (result.accuracy.get("anomaly") or {}).get("f1")
+        mark = " AD"
     arena = result.arena_used_bytes
     beats_per_s = result.throughput.get("beats_per_s")
     return [
         result.model,
         result.device,
         bit,
-        "–" if accuracy is None else f"{accuracy:.4f}",
-        "–" if macro_f1 is None else f"{macro_f1:.4f}",
+        "–" if accuracy is None else f"{accuracy:.4f}{mark}",
+        "–" if macro_f1 is None else f"{macro_f1:.4f}{mark}",
         _latency_cell(result, "median"),
         _latency_cell(result, "p99"),
         "–" if arena is None else f"{arena / 1024:.1f} KiB",

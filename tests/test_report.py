@@ -283,3 +283,19 @@ def test_table_marks_sources_and_fits_120_columns():
     assert row_measured[:end].endswith("1500.0") and row_estimated[:end].endswith("1500.0")
     status_at = header.index("status")
     assert row_measured[status_at:].startswith("pass")
+
+
+def test_autoencoder_row_says_its_figures_are_anomaly_detection():
+    from harness import metrics as m
+
+    ae = make_result(model="ae_beat", task="autoencoder",
+                     accuracy={"anomaly": m.anomaly([0.01, 0.03, 0.05, 0.002], [True, True, False, True], 0.02),
+                               "mean_error": 0.023})
+    table = report.format_table([make_result(), ae])
+    row = next(line for line in table.splitlines() if line.startswith("ae_beat"))
+    # acc 3/4 and F1 of the abnormal class 2·1/(2·1 + 1 + 0), both marked; the classifier row is not.
+    assert "0.7500 AD" in row and "0.6667 AD" in row, row
+    assert " AD" not in next(line for line in table.splitlines() if line.startswith("cnn1d_beat"))
+    assert report.ANOMALY_NOTE in table
+    assert "ae_beat@virtual: mean reconstruction error 0.023 (MSE), threshold 0.02, Se 1, Sp 0.6667, +P 0.5" in table
+    assert all(len(line) <= report.TABLE_WIDTH for line in table.splitlines() if not line.startswith(("AD", "est")))
