@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 MITDB  ?= ../shared/mitdb
 
-.PHONY: bench test bench-full bench-speed bench-noise lib models model models-smoke clean fuzz fuzz-smoke soak
+.PHONY: system-packages hil-board board-idle ci-summary idf-version bench test bench-full bench-speed bench-noise lib models model models-smoke clean fuzz fuzz-smoke soak
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,3 +72,34 @@ clean:
 ## every 10,000 beats, and a board that stops answering; prints goal vs achieved (takes minutes).
 soak: $(VENV)/.installed
 	$(PY) -m harness.soak --mitdb $(MITDB)
+
+## CI board job (.github/workflows/hil.yml, .gitlab-ci.yml, docs/ci.md): every model on the runner's board,
+## strict gate. DEVICE defaults to $$HIL_DEVICE (set per runner, e.g. /dev/hil-<serial>), else auto.
+TARGET ?= esp32s3
+DEVICE ?= $(or $(HIL_DEVICE),auto)
+hil-board: $(VENV)/.installed
+	$(PYTEST) tests/hil --device $(DEVICE) --target $(TARGET) --gate strict --out out/$(TARGET)
+
+## Leave the board idle after a job, also a cancelled one (reset, HELLO, port released).
+board-idle: $(VENV)/.installed
+	$(PY) -m harness.idle --device $(DEVICE) --target $(TARGET)
+
+## Append the run's Markdown summary (out/$(TARGET)/summary.md) to the CI job page.
+ci-summary:
+	@if [ -f out/$(TARGET)/summary.md ]; then cat out/$(TARGET)/summary.md; \
+	  else echo "No summary for $(TARGET): the run stopped before writing a report (see the job log)."; \
+	  fi >> "$${GITHUB_STEP_SUMMARY:-/dev/stdout}"
+
+## The ESP-IDF version on this runner, as `idf=vX.Y.Z` (CI keys its firmware build cache on it).
+idf-version:
+	@v=$$(idf.py --version 2>/dev/null) || v=none; echo "idf=$${v#ESP-IDF }"
+
+## Debian packages tests use beyond Python: clang (fuzz smoke), shellcheck (workflow lint), ser2net (labgrid
+## test). apt-get as root, else through sudo; only what is missing.
+SYSTEM_PACKAGES := clang shellcheck ser2net
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing >/dev/null; \
+	fi
