@@ -68,6 +68,10 @@ class _Tally:
     y_pred: list = field(default_factory=list)
     errors: list = field(default_factory=list)
     is_normal: list = field(default_factory=list)
+    # MLPerf Tiny (printed decimals, harness/mlperf.py): beats whose INT8 output the print pins down exactly,
+    # and beats whose printed arg-max is unique and equals the reference's.
+    resolved: int = 0
+    argmax_verified: int = 0
 
 
 def _now() -> str:
@@ -113,6 +117,9 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
         }
         result.provenance["protocol"] = hello.protocol  # "hil/1.1", or "hil/1" for a v1 board
         result.provenance["model_uploaded"] = uploaded
+        if getattr(board, "protocol", None) == "mlperf-tiny":
+            result.provenance["protocol"] = "mlperf-tiny"
+            result.provenance["firmware"]["model_id"] = info.model_id
         result.memory.update(
             arena_used_bytes=info.arena_used, arena_size_bytes=hello.arena_size,
             # TFLM on the 64-bit host lays out the arena with 8-byte pointers: close to, not equal to, an ESP32's.
@@ -361,8 +368,15 @@ def _compare(tally: _Tally, model: Model, beat: data.Beat, index: int, inference
     tally.verified += 1
     tally.cycles.append(inference.cycles)
     tally.wall_ns.append(inference.wall_ns)
+    bounds = getattr(inference, "bounds", None)  # MLPerf Tiny: the INT8 values its printed decimals allow
     if out.shape != expected.shape:
         diff = np.array([255])
+    elif bounds is not None:
+        ref = expected.astype(np.int16)
+        diff = np.maximum(np.maximum(bounds[0] - ref, ref - bounds[1]), 0)
+        tally.resolved += bool(inference.resolved)
+        top = np.flatnonzero(out == out.max())
+        tally.argmax_verified += bool(top.size == 1 and top[0] == int(np.argmax(expected)))
     else:
         diff = np.abs(out.astype(np.int16) - expected.astype(np.int16))
     if diff.any():
@@ -430,6 +444,14 @@ def _finish(result: Result, tally: _Tally, model: Model, hello, spec: BenchSpec,
                                 tally.cross_mismatching, tally.refs_disagree),
         },
     })
+    if result.provenance.get("protocol") == "mlperf-tiny":
+        result.bit_exact["verification"] = {
+            "mode": "printed decimals (MLPerf Tiny m-results)", "consistent_beats": tally.verified - tally.mismatching,
+            "int8_recovered_beats": tally.resolved, "argmax_verified_beats": tally.argmax_verified,
+            "note": "a beat is consistent when the reference's INT8 output lies inside the values the printed "
+                    "decimals allow; bit-exact only for int8_recovered_beats (docs/mlperf.md)"}
+        result.bit_exact["exact"] = (tally.verified > 0 and tally.mismatching == 0
+                                     and tally.resolved == tally.verified)
     if model.task == "classifier":
         result.accuracy = metrics.classification(tally.y_true, tally.y_pred, list(model.labels))
     else:
@@ -438,11 +460,16 @@ def _finish(result: Result, tally: _Tally, model: Model, hello, spec: BenchSpec,
             "anomaly": metrics.anomaly(tally.errors, tally.is_normal, threshold),
             "mean_error": float(np.mean(tally.errors)) if tally.errors else None,
         }
-    if hello is not None:
+    if hello is not None and getattr(hello, "protocol", None) == "mlperf-tiny":
+        # MLPerf Tiny: µs between the two m-lap-us laps around each `infer 1 0` (harness/mlperf.py).
+        result.latency = {"source": hello.timing_source, "cpu_mhz": None, "rule": "per-beat",
+                          "us": metrics.latency(np.asarray(tally.wall_ns, dtype=np.float64) / 1e3, spec.warmup)}
+    elif hello is not None:
         cycles = np.asarray(tally.cycles, dtype=np.float64)
         result.latency = {
             "source": hello.timing_source,
             "cpu_mhz": hello.cpu_mhz,
+            "rule": "per-beat",
             "cycles": metrics.latency(cycles, spec.warmup),
             # cpu_mhz 0: no meaningful clock (docs/protocol.md §10), so cycles are not turned into time.
             "us": metrics.latency(cycles / hello.cpu_mhz, spec.warmup) if hello.cpu_mhz else None,

@@ -49,7 +49,8 @@ from .errors import HarnessError, ReportError
 
 STATUSES = ("pass", "fail", "error")
 TASKS = ("classifier", "autoencoder")
-LATENCY_SOURCES = ("device_cycles", "static_estimate")
+# device_timer: an MLPerf Tiny device's th_timestamp µs laps (harness/mlperf.py).
+LATENCY_SOURCES = ("device_cycles", "static_estimate", "device_timer")
 # A verdict about the model (it computed something wrong or worse than before) is a test failure; anything
 # else (link, board, config...) means the bench could not judge the model, which is an error.
 FAILURE_KINDS = ("mismatch", "regression")

@@ -33,8 +33,12 @@ class VirtualBoardError(LinkError):
 
 class VirtualBoard:
     def __init__(self, profile: str | os.PathLike = "virtual", *, store_dir: str | os.PathLike | None = None,
-                 throttle_baud: int | None = None, tcp: bool = False, faults=(), hello=()):
+                 throttle_baud: int | None = None, tcp: bool = False, faults=(), hello=(), api: str = "hil",
+                 model: str | os.PathLike | None = None, model_id: str | None = None):
         self.profile = str(profile)
+        self.api = api  # "hil": the C device core; "mlperf-tiny": a virtual MLPerf Tiny device running `model`
+        self.model = Path(model) if model is not None else None
+        self.model_id = model_id
         self.store_dir = Path(store_dir) if store_dir is not None else None
         self.throttle_baud = throttle_baud
         self.tcp = tcp
@@ -57,6 +61,12 @@ class VirtualBoard:
             cmd += ["--fault", fault]
         for field in self.hello:
             cmd += ["--hello", field]
+        if self.api != "hil":
+            cmd += ["--api", self.api]
+            if self.model is not None:
+                cmd += ["--model", str(self.model)]
+            if self.model_id:
+                cmd += ["--model-id", self.model_id]
         return cmd
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:

@@ -36,6 +36,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="report this in HELLO instead of the profile's value, as a third-party board or "
                              "firmware built with other settings would (only HELLO changes): chip=NAME, "
                              "kernels=reference|esp-nn, arena=BYTES, capacity=BYTES")
+    parser.add_argument("--api", choices=("hil", "mlperf-tiny"), default="hil",
+                        help="what answers on the link: our C device core (hil, default) or a virtual MLPerf Tiny "
+                             "device (mlperf-tiny, needs --model: its model is compiled in)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="mlperf-tiny: the .tflite the device runs (as if compiled into its firmware)")
+    parser.add_argument("--model-id", default=None,
+                        help="mlperf-tiny: the id it prints as m-model-[ID] (default hb-<sha256 prefix>)")
     parser.add_argument("--exit-on-stdin-eof", action="store_true",
                         help="stop when stdin is closed (used when a harness starts the board)")
     return parser.parse_args(argv)
@@ -63,9 +70,18 @@ def parse_hello(specs: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    mlperf = args.api == "mlperf-tiny"
     try:
-        faults = [Fault.parse(spec) for spec in args.fault if not switches.handles(spec)]
-        board_switches = [switches.Switch.parse(spec) for spec in args.fault if switches.handles(spec)]
+        if mlperf:
+            from .mlperf_device import parse_fault
+
+            mlperf_faults = list(args.fault)
+            for spec in mlperf_faults:
+                parse_fault(spec)
+            faults, board_switches = [], []
+        else:
+            faults = [Fault.parse(spec) for spec in args.fault if not switches.handles(spec)]
+            board_switches = [switches.Switch.parse(spec) for spec in args.fault if switches.handles(spec)]
     except ValueError as exc:
         print(f"HIL104 {exc} -- fix: see hil-virtual-board --help", file=sys.stderr)
         return 2
@@ -73,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         hello = parse_hello(args.hello)
     except ValueError as exc:
         print(f"HIL104 {exc} -- fix: see hil-virtual-board --help", file=sys.stderr)
+        return 2
+    if mlperf and (args.model is None or not args.model.is_file()):
+        print(f"HIL104 --api mlperf-tiny needs --model PATH of an existing .tflite (got {args.model}) -- fix: "
+              "give the model the device runs", file=sys.stderr)
         return 2
     if args.throttle is not None and args.throttle <= 0:
         print("HIL104 --throttle must be a positive baud rate -- fix: e.g. --throttle 115200", file=sys.stderr)
@@ -86,9 +106,14 @@ def main(argv: list[str] | None = None) -> int:
             store = Path(tmp.name)
         from .server import Server
 
-        server = Server(Platform(profile, store, faults, board_switches, hello=hello), throttle_baud=args.throttle,
-                        tcp_port=args.tcp,
-                        watch_stdin=args.exit_on_stdin_eof)
+        platform = Platform(profile, store, faults, board_switches, hello=hello)
+        core = None
+        if mlperf:
+            from .mlperf_device import MlperfDevice
+
+            core = MlperfDevice(platform, args.model.read_bytes(), model_id=args.model_id, faults=mlperf_faults)
+        server = Server(platform, throttle_baud=args.throttle, tcp_port=args.tcp,
+                        watch_stdin=args.exit_on_stdin_eof, core=core)
     except HarnessError as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -100,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         server.install_signals()
-        server.boot()
+        try:
+            server.boot()
+        except Exception as exc:  # noqa: BLE001 - the MLPerf device loads its compiled-in model at boot
+            if not mlperf:
+                raise
+            print(f"HIL230 virtual MLPerf Tiny device could not load {args.model}: {exc} -- fix: check the "
+                  "model with the HIL virtual board first (it names the problem)", file=sys.stderr)
+            return 1
         print(f"PORT {server.port_path}", flush=True)
         if server.tcp_url:
             print(f"URL {server.tcp_url}", flush=True)

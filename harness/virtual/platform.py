@@ -395,6 +395,17 @@ class Platform:
             self._corrupt_infer()
         return int(report["arena_used"]), int(report["input_bytes"]), int(report["output_bytes"])
 
+    @property
+    def estimated_cycles(self) -> int:
+        """The cost model's cycles for one inference of the loaded model on this profile."""
+        return self._cycles
+
+    def invoke_bytes(self, data: bytes) -> bytes:
+        """One inference of the loaded model on raw input bytes; the output tensor's bytes (the virtual
+        MLPerf Tiny device's th_infer, harness/virtual/mlperf_device.py)."""
+        self._set_input(_frombuffer(data, self._in_dtype).reshape(self._in_shape), 0)
+        self._run()
+        return self._get_output(0).tobytes()
 
     def _unload(self) -> None:
         self._interp = None

@@ -60,9 +60,11 @@ class Pacer:
 
 class Server:
     def __init__(self, platform: Platform, *, throttle_baud: int | None = None, tcp_port: int | None = None,
-                 watch_stdin: bool = False):
+                 watch_stdin: bool = False, core=None):
         self.platform = platform
-        self.core = Core(platform.device_info(), platform.hooks())
+        # `core`: anything with init() and feed(bytes) writing to platform.outbox; default the C device core.
+        # The virtual MLPerf Tiny device (mlperf_device.py) takes its place on the same link and throttle.
+        self.core = core if core is not None else Core(platform.device_info(), platform.hooks())
         rate = throttle_baud / 10.0 if throttle_baud else None
         self.rx_pace = Pacer(rate)
         self.tx_pace = Pacer(rate)
