@@ -257,6 +257,13 @@ class MlperfBoard:
                                     f"'{expected}'", "check the device's build", code="HIL332")
         return ModelCheck(identity.model_id, self._in_bytes, self._out_count * 1), flashed
 
+    def selftest(self, data: bytes) -> None:
+        """ensure_model(data), then one inference of a zero input through the whole accuracy-mode exchange
+        (`db load`, `db`, `infer 1 0`, results), so a device that refuses or garbles any of it is named
+        before the run, not after a report was started."""
+        self.ensure_model(data)
+        self.infer_stream([bytes(self._in_bytes)], total=1, on_result=lambda i, inference: None)
+
     def load(self, tensor: bytes) -> None:
         """`db load N`, then `db HH…` lines of 31 bytes until the device says m-load-done."""
         lines = self.command(f"db load {len(tensor)}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from . import bench, data, gate, noise, refcache, report
+from . import bench, data, gate, noise, perfrule, refcache, report
 from .board import Board
 from .errors import ConfigError, HarnessError
 from .model import Model, check_model, load_registry, load_user_model
@@ -81,6 +81,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="seed of each record's noise offset (default 0; recorded in provenance)")
     g.addoption("--nstdb", default=None, metavar="DIR",
                 help="NSTDB noise records (default ../shared/nstdb, else the 300 s bundled in data/nstdb)")
+    g.addoption("--protocol", action="append", default=None, choices=("hil", "mlperf-tiny"),
+                help="what the device speaks: hil (ours) or mlperf-tiny (MLPerf Tiny's benchmark API, "
+                     "docs/mlperf.md); once for every device or once per --device (default: the profile's)")
+    g.addoption("--mlperf-model-id", default=None, metavar="ID",
+                help="mlperf-tiny: the m-model-[ID] the firmware must print (default: hb-<sha256 prefix>, "
+                     "what the virtual MLPerf device prints)")
+    g.addoption("--latency-rule", default="per-beat", choices=("per-beat", "mlperf-tiny"),
+                help="mlperf-tiny: also measure latency under MLPerf Tiny's performance rules (warm-up, "
+                     "5 windows of ≥ --mlperf-window-s, median) into results' latency.mlperf_tiny")
+    g.addoption("--mlperf-window-s", type=float, default=10.0, metavar="S",
+                help="minimum window of --latency-rule mlperf-tiny (MLPerf's rule: 10; shorter runs are "
+                     "marked not MLPerf-compliant)")
 
 
 @dataclass
@@ -90,6 +102,7 @@ class DeviceSlot:
     board: Board | None = None
     virtual: object | None = None
     link: object | None = None
+    protocol: str = "hil"
 
 
 @dataclass
@@ -117,10 +130,20 @@ class HilSession:
             raise ConfigError("--update-baseline with --noise", "baselines hold clean figures: drop --noise "
                               "(a --noise-sweep run may update them, its first pass is clean)", code="HIL150")
         devices = opt.device or ["virtual"]
+        protocols = opt.protocol or []
+        if len(protocols) > 1 and len(protocols) != len(devices):
+            raise ConfigError(f"--protocol given {len(protocols)} times for {len(devices)} --device",
+                              "give --protocol once (every device) or once per --device, in the same order",
+                              code="HIL108")
+        if opt.mlperf_window_s <= 0:
+            raise ConfigError(f"--mlperf-window-s {opt.mlperf_window_s:g} is not positive",
+                              "give seconds, e.g. --mlperf-window-s 10 (MLPerf's rule)", code="HIL108")
         slots = []
-        for device in devices:
+        for i, device in enumerate(devices):
             name = opt.target or ("virtual" if device == "virtual" else "esp32")
-            slots.append(DeviceSlot(device=device, profile=load_profile(name)))
+            profile = load_profile(name)
+            protocol = protocols[i if len(protocols) > 1 else 0] if protocols else profile.protocol
+            slots.append(DeviceSlot(device=device, profile=profile, protocol=protocol))
         models = _load_models(opt)
         for model in models:
             for slot in slots:
@@ -144,7 +167,8 @@ class HilSession:
                    update_baseline=opt.update_baseline, reference_cache=cache,
                    options={"baud": opt.baud, "window": opt.window, "build_dir": opt.build_dir,
                             "skip_flash": opt.skip_flash, "throttle": opt.virtual_throttle,
-                            "faults": tuple(opt.virtual_fault or ())})
+                            "faults": tuple(opt.virtual_fault or ()), "mlperf_model_id": opt.mlperf_model_id,
+                            "latency_rule": opt.latency_rule, "mlperf_window_s": opt.mlperf_window_s})
 
     def cases(self) -> list[tuple[Model, DeviceSlot]]:
         return [(m, s) for s in self.slots for m in self.models]
@@ -159,6 +183,8 @@ class HilSession:
         profile = slot.profile
         baud = self.options["baud"] or profile.baud
         window = self.options["window"] or profile.window
+        if slot.protocol == "mlperf-tiny":
+            return self._connect_mlperf(slot, baud)
         if slot.device == "virtual":
             from .virtual import VirtualBoard
 
@@ -176,6 +202,36 @@ class HilSession:
         hello = board.hello()  # our firmware answers, at the right baud, before any model is sent
         if slot.device != "virtual":  # a board we did not start: is it the one the profile describes?
             check_board(profile, hello, slot.device)
+        return board
+
+    def _connect_mlperf(self, slot: DeviceSlot, baud: int):
+        """An MLPerf Tiny device (harness/mlperf.py). Its firmware has the model compiled in: a real one is
+        used as flashed (its m-model id is checked per model); the virtual one is started with the model."""
+        from .mlperf import MlperfBoard
+
+        flash = None
+        if slot.device == "virtual":
+            from .virtual import VirtualBoard
+
+            def flash(data: bytes) -> str:  # "build and flash" the virtual MLPerf firmware with this model
+                model = next(m for m in self.models if m.data == data)
+                if slot.virtual is not None:
+                    slot.virtual.stop()
+                slot.virtual = VirtualBoard(str(slot.profile.path), api="mlperf-tiny", model=model.path,
+                                            throttle_baud=baud if self.options["throttle"] else None,
+                                            faults=self.options["faults"])
+                return slot.virtual.start()
+
+            url = flash(self.models[0].data)
+        else:
+            from .device import prepare_board  # the port, its reset; our firmware is not flashed over theirs
+
+            url = prepare_board(slot.device, slot.profile, baud=baud, build_dir=None, skip_flash=True)
+        slot.link = open_link(url, baud)
+        board = MlperfBoard(slot.link, timeout_s=slot.profile.timeout_s, name=slot.device, baud=baud,
+                            expected_model_id=self.options["mlperf_model_id"], flash=flash)
+        board.hello()  # it speaks MLPerf Tiny's API, at this baud, before any beat is sent
+        board.selftest(self.models[0].data)  # and runs a beat end to end: a refusal or garbage ends it here
         return board
 
     def close(self) -> None:
@@ -200,6 +256,12 @@ class HilSession:
         board = self.board(slot)
         ref, cross = self.references(model)
         result = bench.run(board, model, slot.profile, slot.device, self.spec, ref, cross, on_progress=progress)
+        if self.options["latency_rule"] == "mlperf-tiny" and result.status == "pass":
+            try:
+                result.latency["mlperf_tiny"] = perfrule.measure(board, model, self.spec,
+                                                                 min_window_s=self.options["mlperf_window_s"])
+            except HarnessError as err:
+                result.set_failure(err)
         if self.reference_cache is not None:
             result.provenance["reference_cache"] = {"dir": str(self.reference_cache),
                                                     "hits": ref.hits + cross.hits,

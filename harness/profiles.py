@@ -19,6 +19,7 @@ PROFILES_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
 TRANSPORTS = ("pty", "uart", "usb-serial-jtag", "socket")
 RESETS = ("none", "rts-dtr", "usb-jtag")
 KERNELS = ("reference", "esp-nn")
+PROTOCOLS = ("hil", "mlperf-tiny")  # what the board's firmware speaks (harness/board.py, harness/mlperf.py)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Profile:
     window: int
     cost: CostConstants
     path: Path = field(compare=False)
+    protocol: str = "hil"
 
     def cycles_to_us(self, cycles: float) -> float:
         return cycles / self.cpu_mhz
@@ -115,7 +117,8 @@ def _validate(raw: dict[str, Any], path: Path) -> Profile:
             raise fail(key, f"is '{value}', not one of {', '.join(options)}", f"set '{key}' to one of them")
         return value
 
-    known = {"name", "chip", "description", "timeout_s", "transport", "reset", "kernels", "cost", *_INT_KEYS}
+    known = {"name", "chip", "description", "timeout_s", "transport", "reset", "kernels", "cost", "protocol",
+             *_INT_KEYS}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise fail(unknown[0], "is not a profile key", f"remove it or fix its spelling; keys: {', '.join(sorted(known))}")
@@ -157,6 +160,7 @@ def _validate(raw: dict[str, Any], path: Path) -> Profile:
         transport=choice("transport", TRANSPORTS),
         reset=choice("reset", RESETS),
         kernels=choice("kernels", KERNELS),
+        protocol=choice("protocol", PROTOCOLS) if "protocol" in raw else "hil",
         timeout_s=get("timeout_s", float),
         cost=CostConstants(cycles_per_mac={k: float(v) for k, v in cpm.items()}, **cost_vals),
         path=path,

@@ -14,10 +14,12 @@ Shape of each block (keys absent or None when unknown):
   (or {"error", "summary"} when it failed), only on a mismatch}
 - accuracy: metrics.classification(...) for classifiers; {"anomaly": metrics.anomaly(...), "mean_error"}
   for autoencoders
-- latency: {"source": "device_cycles" | "static_estimate", "cpu_mhz", "cycles": metrics.latency(...),
+- latency: {"source": "device_cycles" | "static_estimate" | "device_timer", "cpu_mhz", "rule": "per-beat",
+  "cycles": metrics.latency(...),
   "us": metrics.latency(...), "clock_check": metrics.clock_agreement(...) + {"source"} (beats whose
   cycles ÷ MHz and device wall time disagree beyond the margin: preemption on another core, clock change,
-  counter wrap), or {"compared": 0, "reason"} when cycles are not a device counter}
+  counter wrap), or {"compared": 0, "reason"} when cycles are not a device counter,
+  "mlperf_tiny": perfrule.windows(...) with --latency-rule mlperf-tiny}
 - host_time: {"source": "host_wall", "invoke_us": metrics.latency(...)}
 - throughput: {"source": "host_wall", "beats_per_s", "wall_s"}
 - memory: {"arena_used_bytes", "arena_size_bytes", "model_bytes"}
@@ -207,6 +209,14 @@ class Result:
         if clock.get("compared"):
             out["clock_checked_beats"] = clock.get("compared")
             out["clock_disagree_beats"] = clock.get("flagged")
+        perf = self.latency.get("mlperf_tiny") or {}  # --latency-rule mlperf-tiny (harness/perfrule.py)
+        if perf.get("source"):
+            out[f"latency_mlperf_tiny_median_us_{perf['source']}"] = perf.get("median_latency_us")
+            out["latency_mlperf_tiny_compliant"] = perf.get("mlperf_compliant")
+        if self.latency.get("rule"):
+            out["latency_rule"] = self.latency["rule"]
+        if self.provenance.get("protocol"):
+            out["protocol"] = self.provenance["protocol"]
         host = self.host_time.get("invoke_us") or {}
         host_source = self.host_time.get("source", "host_wall")
         for stat, short in _STAT_NAMES.items():
