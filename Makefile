@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 MITDB  ?= ../shared/mitdb
 
-.PHONY: system-packages hil-board board-idle ci-summary idf-version bench test bench-full bench-speed bench-noise lib models model models-smoke clean fuzz fuzz-smoke soak
+.PHONY: system-packages hil-board board-idle ci-summary idf-version bench test bench-full bench-speed bench-noise bench-protocols lib models model models-smoke clean fuzz fuzz-smoke soak
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench-noise: $(VENV)/.installed
 ## Link and throughput figures: line-rate bound at 921600 baud, TFLM-invoke bound, harness memory.
 bench-speed: $(VENV)/.installed
 	$(PY) -m harness.speed
+
+## Our protocol vs MLPerf Tiny's on the same throttled link (115200 and 921600 baud): beats/s and the ratio.
+bench-protocols: $(VENV)/.installed
+	$(PY) -m harness.protocols_bench
 
 ## Retrain every model family (models/*/train.py) from $(MITDB) (TensorFlow in the `train` extra).
 models: $(VENV)/.train

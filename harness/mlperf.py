@@ -190,7 +190,7 @@ class MlperfBoard:
 
     # -- the monitor's commands ----------------------------------------------------------------------
     def command(self, text: str, *, budget_s: float | None = None) -> list[str]:
-        """Send one command; the lines before its `m-ready`. `e-[...]` → BoardError (HIL430)."""
+        """Send one command; the lines before its `m-ready`. `e-[...]` → BoardError (HIL335)."""
         return self._reply_lines(self._exchange(text, budget_s), text)
 
     def hello(self, attempts: int = 3) -> Identity:
@@ -271,7 +271,7 @@ class MlperfBoard:
             raise BoardError(f"{self.name} did not accept `db load {len(tensor)}`: "
                              f"{' | '.join(lines) or 'no m-[Expecting N bytes] line'}",
                              "the input is larger than the firmware's db buffer (MAX_DB_INPUT_SIZE): raise it "
-                             "and rebuild", code="HIL430")
+                             "and rebuild", code="HIL335")
         done = False
         for start in range(0, len(tensor), DB_BYTES):
             lines = self.command("db " + tensor[start:start + DB_BYTES].hex())
@@ -353,11 +353,11 @@ class MlperfBoard:
 
     def dump(self, input: bytes):  # noqa: A002 - same signature as Board.dump
         raise BoardError("MLPerf Tiny's API has no per-layer dump", "localise a mismatch with the model on our "
-                         "firmware or the virtual board (--protocol hil)", code="HIL430")
+                         "firmware or the virtual board (--protocol hil)", code="HIL335")
 
     def reset(self) -> None:
         raise BoardError("MLPerf Tiny's API has no reset command", "reset the board by its button or DTR/RTS",
-                         code="HIL430")
+                         code="HIL335")
 
     def close(self) -> None:
         self.link.close()
@@ -389,7 +389,7 @@ class MlperfBoard:
     def _reply_lines(self, reply: _Reply, text: str) -> list[str]:
         if reply.error is not None:
             raise BoardError(f"{self.name} refused `{text[:40]}`: {reply.error}", _refusal_hint(text, reply.error),
-                             code="HIL430")
+                             code="HIL335")
         return reply.lines
 
     def _exchange(self, text: str | None, budget_s: float | None) -> _Reply:

@@ -116,7 +116,7 @@ def test_device_errors_are_typed(mlperf_board, model):
     mlperf_board.ensure_model(model.data)
     with pytest.raises(BoardError) as err:
         mlperf_board.command("frobnicate")
-    assert err.value.code == "HIL430" and "Unknown command" in str(err.value)
+    assert err.value.code == "HIL335" and "Unknown command" in str(err.value)
     with pytest.raises(BoardError):
         mlperf_board.command("infer 0 0")
     assert mlperf_board.command("name")  # still in step after the refusals
@@ -159,8 +159,8 @@ def test_performance_mode_follows_the_rule_with_a_short_window(mlperf_board, hil
 
 
 # -- the plugin: a device answering e-[...] or garbage ends the run with one line -------------------------
-@pytest.mark.parametrize("fault, code", [("mlperf-error:name", "HIL430"), ("mlperf-garbage", "HIL330"),
-                                         ("mlperf-error:db", "HIL430")])
+@pytest.mark.parametrize("fault, code", [("mlperf-error:name", "HIL335"), ("mlperf-garbage", "HIL330"),
+                                         ("mlperf-error:db", "HIL335")])
 def test_refusal_or_garbage_ends_the_run_with_one_line(tmp_path, fault, code):
     proc = run_bench(tmp_path, "--device", "virtual", "--protocol", "mlperf-tiny", "--virtual-fault", fault)
     assert proc.returncode == 3
