@@ -117,8 +117,7 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
         }
         result.provenance["protocol"] = hello.protocol  # "hil/1.1", or "hil/1" for a v1 board
         result.provenance["model_uploaded"] = uploaded
-        if getattr(board, "protocol", None) == "mlperf-tiny":
-            result.provenance["protocol"] = "mlperf-tiny"
+        if hello.protocol == "mlperf-tiny":  # the model is compiled in: its id is what was checked
             result.provenance["firmware"]["model_id"] = info.model_id
         result.memory.update(
             arena_used_bytes=info.arena_used, arena_size_bytes=hello.arena_size,

@@ -84,6 +84,9 @@ def measure(board, model, spec, *, min_window_s: float = MIN_WINDOW_S, warmup: i
     if getattr(board, "protocol", "hil") == "mlperf-tiny":
         return board.performance(xs, min_window_s=min_window_s, warmup=warmup)
     hello = board.last_hello or board.hello()
+    if not hello.cpu_mhz:
+        raise ProtocolError(f"{board.name} reports no CPU clock, so its cycles cannot be timed",
+                            "use the default --latency-rule per-beat with this firmware", code="HIL333")
     hz = hello.cpu_mhz * 1e6
 
     def run(i: int, n: int) -> float:
@@ -97,6 +100,5 @@ def measure(board, model, spec, *, min_window_s: float = MIN_WINDOW_S, warmup: i
         board.infer_stream((x for _ in range(warmup + n)), total=warmup + n, on_result=keep)
         return sum(cycles) / hz
 
-    version = getattr(hello, "proto_version", None)
     return windows(run, min_window_s=min_window_s, warmup=warmup, source=hello.timing_source,
-                   protocol=f"hil/{version}" if version else "hil")
+                   protocol=hello.protocol)
