@@ -258,7 +258,8 @@ def _build(meta: Mapping[str, Any], *, name: str, path: Path, base: Path, where:
 
     def need(key: str, example: str) -> Any:
         if meta.get(key) is None:
-            raise _meta_error(where, key, "is missing", f"give {key} ({example}) in {fix_origin}")
+            flag = f" {MODEL_FLAGS[key]}" if source == "user" and key in MODEL_FLAGS else ""
+            raise _meta_error(where, key, "is missing", f"give {key} ({example}) in {fix_origin}{flag}")
         return meta[key]
 
     task = need("task", "classifier or autoencoder")
@@ -272,6 +273,8 @@ def _build(meta: Mapping[str, Any], *, name: str, path: Path, base: Path, where:
         anomaly = None
     else:
         labels = _labels(meta["labels"], where) if meta.get("labels") is not None else ()
+        if source == "user" and meta.get("anomaly") is None:
+            need("anomaly", "the reconstruction-error threshold above which a beat is anomalous")
         anomaly = _anomaly(meta.get("anomaly"), where)
     # MIT-BIH beats with the AAMI classes are the bench's domain, so that is the default mapping.
     label_map = _label_map(meta.get("label_map", "aami"), where)
@@ -336,39 +339,58 @@ def load_registry(path: Path = REGISTRY_PATH, names: Sequence[str] | None = None
     return models
 
 
+def sidecar_path(model_path: Path | str) -> Path:
+    """Where a user model's metadata is read from: `<stem>.yaml` beside it (my.tflite → my.yaml)."""
+    return Path(model_path).with_suffix(".yaml")
+
+
+# The command-line flag that gives each metadata key of a --model (the plugin defines them).
+MODEL_FLAGS = {"task": "--model-task", "window": "--model-window", "labels": "--model-labels",
+               "anomaly": "--model-threshold"}
+
+
 def load_user_model(path: Path | str, *, sidecar: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Model:
-    """A model from a `.tflite` path, described by its sidecar YAML (default `<model>.yaml`) and/or
-    overrides from command-line flags, which win. Override values of None (flags not given) are ignored;
-    `overrides['window']` is merged key by key into the sidecar's window."""
-    path = Path(path).resolve()
-    sidecar_path = Path(sidecar) if sidecar is not None else path.with_suffix(".yaml")
+    """A model from a `.tflite` path, described by its sidecar YAML (default `sidecar_path(path)`, beside the
+    path as given; for a symlink without one, beside its target) and/or overrides from command-line flags,
+    which win. Override values of None (flags not given) are ignored; mapping overrides (`window`,
+    `anomaly`) are merged key by key into the sidecar's."""
+    given = Path(os.path.abspath(path))  # absolute, symlinks kept: the sidecar sits beside the name the user gave
+    path = given.resolve()
+    if sidecar is not None:
+        searched = [Path(sidecar)]
+    else:
+        searched = list(dict.fromkeys([sidecar_path(given), sidecar_path(path)]))
+    found = next((c for c in searched if c.is_file()), None)
     meta: dict[str, Any] = {}
-    if sidecar_path.is_file():
-        raw = _load_yaml(sidecar_path, "the model sidecar")
+    if found is not None:
+        raw = _load_yaml(found, "the model sidecar")
         if raw is not None and not isinstance(raw, Mapping):
-            raise ModelError(f"{sidecar_path}: expected a mapping of model keys, got {type(raw).__name__}",
+            raise ModelError(f"{found}: expected a mapping of model keys, got {type(raw).__name__}",
                              "write task:, labels:, window: ... as in models/registry.yaml", code="HIL118")
         meta = dict(raw or {})
         if "file" in meta:
-            raise _meta_error(str(sidecar_path), "file", "is not a sidecar key (the sidecar describes "
-                              f"{path.name})", "remove it")
+            raise _meta_error(str(found), "file", "is not a sidecar key (the sidecar describes "
+                              f"{given.name})", "remove it")
     elif sidecar is not None:
-        raise ModelError(f"sidecar {sidecar_path} does not exist", "check the --model-meta path", code="HIL110")
+        raise ModelError(f"sidecar {searched[0]} does not exist", "check the sidecar's path", code="HIL110")
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key == "window" and isinstance(value, Mapping):
-            window = dict(meta.get("window") or {})
-            window.update({k: v for k, v in value.items() if v is not None})
-            meta["window"] = window
+        if isinstance(value, Mapping) and isinstance(meta.get(key), Mapping):
+            merged = dict(meta[key])
+            merged.update({k: v for k, v in value.items() if v is not None})
+            meta[key] = merged
         else:
             meta[key] = value
     meta.pop("recipe", None)
-    name = meta.pop("name", None) or path.stem
-    where = f"{path.name} (sidecar {sidecar_path.name})" if sidecar_path.is_file() else path.name
-    return _build(meta, name=str(name), path=path, base=sidecar_path.parent, where=where, source="user",
-                  fix_origin=f"{sidecar_path.name} next to the model or command-line flags",
-                  missing_hint="check the --model path")
+    name = meta.pop("name", None) or given.stem
+    if found is not None:
+        where, origin = f"{given.name} (sidecar {found})", f"the sidecar {found}"
+    else:
+        where = given.name
+        origin = "a sidecar " + " or ".join(str(c) for c in searched) + " (none found)"
+    return _build(meta, name=str(name), path=path, base=(found or searched[0]).parent, where=where, source="user",
+                  fix_origin=f"{origin}, or with the flag", missing_hint="check the --model path")
 
 
 # Firmware op list and checks ---------------------------------------------------------------------------

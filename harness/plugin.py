@@ -22,7 +22,7 @@ import pytest
 from . import bench, data, gate, noise, perfrule, refcache, report
 from .board import Board
 from .errors import ConfigError, HarnessError
-from .model import Model, check_model, load_registry, load_user_model
+from .model import TASKS, Model, check_model, load_registry, load_user_model, sidecar_path
 from .profiles import Profile, check_board, load_profile
 from .reference import REFERENCES, make_reference
 from .results import Result
@@ -45,11 +45,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--build-dir", default=None, help="use this prebuilt ESP-IDF build instead of building")
     g.addoption("--skip-flash", action="store_true", help="never flash; use the firmware the board runs (its HELLO must still match the profile)")
     g.addoption("--model", action="append", default=None, metavar="PATH",
-                help="benchmark this INT8 .tflite (metadata from PATH.yaml or the --model-* flags)")
+                help="benchmark this INT8 .tflite; repeat for several (the --model-* flags apply to each). "
+                     f"Metadata from the sidecar beside it (my.tflite → {sidecar_path('my.tflite')}) and the "
+                     "--model-* flags, which win")
     g.addoption("--model-window", default=None, metavar="BEFORE:AFTER[:DECIMATE[:NORMALIZE]]",
-                help="input window of --model, in 360 Hz samples around the R peak")
-    g.addoption("--model-labels", default=None, metavar="N,S,V,F,Q", help="output labels of --model")
-    g.addoption("--model-task", default=None, choices=("classifier", "autoencoder"))
+                help="input window of --model, in 360 Hz samples around the R peak; DECIMATE defaults to 1 and "
+                     f"NORMALIZE to none; NORMALIZE is one of {', '.join(data.NORMALIZATIONS)}")
+    g.addoption("--model-labels", default=None, metavar="N,S,V,F,Q", help="output labels of a classifier --model")
+    g.addoption("--model-task", default=None, choices=TASKS,
+                help="what --model does (needed unless its sidecar says)")
+    g.addoption("--model-threshold", type=float, default=None, metavar="ERROR",
+                help="autoencoder --model: reconstruction error (MSE) above which a beat counts as anomalous")
     g.addoption("--models", default=None, metavar="NAMES",
                 help="comma list of registry models to run (default: all of models/registry.yaml)")
     g.addoption("--mitdb", default=None, metavar="DIR",
@@ -148,7 +154,7 @@ class HilSession:
         for model in models:
             for slot in slots:
                 check_model(model, slot.profile)
-        mitdb = Path(opt.mitdb) if opt.mitdb else data.BUNDLED_DIR
+        mitdb = Path(opt.mitdb).resolve() if opt.mitdb else data.BUNDLED_DIR  # results name it absolute
         records = data.resolve_records(opt.records or ("all" if opt.mitdb else "bundled"))
         for name in records:  # fail now, not after an hour of streaming
             data.load_record(mitdb, name)
@@ -287,6 +293,10 @@ def _parse_window(text: str) -> dict:
         raise ConfigError(f"--model-window '{text}': BEFORE, AFTER and DECIMATE must be integers",
                           "e.g. --model-window 374:374:4:beat_zscore") from None
     if len(parts) > 3:
+        if parts[3] not in data.NORMALIZATIONS:
+            raise ConfigError(f"--model-window '{text}': normalization '{parts[3]}' is not one of "
+                              f"{', '.join(data.NORMALIZATIONS)}", "use one of those names (models/README.md "
+                              "says what each does)", code="HIL127")
         window["normalize"] = parts[3]
     return window
 
@@ -301,6 +311,8 @@ def _load_models(opt) -> list[Model]:
             overrides["labels"] = [s.strip() for s in opt.model_labels.split(",") if s.strip()]
         if opt.model_task:
             overrides["task"] = opt.model_task
+        if getattr(opt, "model_threshold", None) is not None:
+            overrides["anomaly"] = {"threshold": opt.model_threshold}
         models += [load_user_model(Path(p), overrides=overrides) for p in opt.model]
     if opt.models or not opt.model:
         names = [n.strip() for n in opt.models.split(",")] if opt.models else None

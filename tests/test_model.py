@@ -168,7 +168,7 @@ def test_explicit_sidecar_and_overrides_win(tmp_path, profile):
 def test_missing_metadata_says_which_key_and_where_it_can_come_from(tmp_path):
     path = copy_fixture("conv_int8", tmp_path, sidecar=False)
     err = expect_error("HIL118", load_user_model, path)
-    assert "'task'" in str(err) and "conv_int8.yaml" in err.hint and "flags" in err.hint
+    assert "'task'" in str(err) and str(tmp_path / "conv_int8.yaml") in err.hint and "--model-task" in err.hint
 
     err = expect_error("HIL118", load_user_model, path, overrides={"task": "classifier", "window": WINDOW})
     assert "'labels'" in str(err)
