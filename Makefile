@@ -34,7 +34,7 @@ bench-full: $(VENV)/.installed
 	$(PYTEST) tests/hil --device virtual --mitdb $(MITDB) --records all --out out/full
 
 ## Every shipped model against NSTDB noise (bw, ma at 24..-6 dB) over the bundled records: accuracy and
-## macro-F1 against SNR, the SNR where macro-F1 falls below 90 % of clean, one line per model (minutes).
+## macro-F1 against SNR, the SNR where macro-F1 falls below 90 % of clean, one line per model (~20 min).
 bench-noise: $(VENV)/.installed
 	$(PYTEST) tests/hil --device virtual --noise-sweep bw,ma --out out/noise
 

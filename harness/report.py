@@ -345,7 +345,8 @@ def format_realtime(results: Sequence[Result]) -> list[str]:
 
 
 def format_noise(results: Sequence[Result]) -> list[str]:
-    """One compact line per result: the metric at each swept SNR and where it falls below 90 % of clean."""
+    """One compact line per result: the metric at each swept SNR (two digits; results.json has them all)
+    and the SNR where it falls below 90 % of clean."""
     out = []
     for result in results:
         noise = result.noise or {}
@@ -356,25 +357,26 @@ def format_noise(results: Sequence[Result]) -> list[str]:
         if not sweep:
             continue
         metric = sweep.get("metric", "macro_f1")
-        parts = [f"{result.name}  clean {_short((sweep.get('clean') or {}).get(metric))}"]
+        parts = [f"{_clip(result.name, 30)}  clean {_short((sweep.get('clean') or {}).get(metric))}"]
         for name, curve in (sweep.get("curves") or {}).items():
             values = " ".join(_short(p.get(metric)) for p in curve.get("points") or [])
             snr90 = curve.get("snr90_db")
             if snr90 is not None:
-                where = f"{snr90:.1f} dB"
+                where = f"{snr90:.1f}dB"
             elif curve.get("snr90_at_grid_db") is not None:
-                where = f">{curve['snr90_at_grid_db']:g} dB"
+                where = f">{curve['snr90_at_grid_db']:g}dB"
             else:
                 points = curve.get("points") or []
-                where = f"<{points[-1]['snr_db']:g} dB" if points else "–"
+                where = f"<{points[-1]['snr_db']:g}dB" if points else "–"
             parts.append(f"{name} {values} 90%@{where}")
-        out.append("   ".join(parts))
-    if any((r.noise or {}).get("sweep") for r in results):
-        first = next(r.noise["sweep"] for r in results if (r.noise or {}).get("sweep"))
-        snrs = "/".join(f"{s:g}" for s in first.get("snr_db") or [])
-        metric = "macro-F1" if first.get("metric") == "macro_f1" else "anomaly F1"
-        out.insert(0, f"noise sweep: {metric} at {snrs} dB (NSTDB SNR); 90%@ = SNR where it falls below 90 % of clean")
-        out.insert(0, "")
+        out.append("  ".join(parts))
+    sweeps = [r.noise["sweep"] for r in results if (r.noise or {}).get("sweep")]
+    if sweeps:
+        snrs = "/".join(f"{s:g}" for s in sweeps[0].get("snr_db") or [])
+        metrics = {sweep.get("metric") for sweep in sweeps}
+        metric = {frozenset({"macro_f1"}): "macro-F1", frozenset({"f1"}): "anomaly F1"}.get(
+            frozenset(metrics), "macro-F1 (autoencoders: anomaly F1)")
+        out[:0] = ["", f"noise sweep: {metric} at {snrs} dB (NSTDB SNR); 90%@ = SNR below 90 % of clean"]
     return out
 
 
@@ -383,7 +385,7 @@ def _percent(value: float | None) -> str:
 
 
 def _short(value: float | None) -> str:
-    """.712 for 0.712: three digits, no leading zero, so a curve fits on one line."""
+    """.71 for 0.712: two digits, no leading zero, so two curves fit on one line."""
     if value is None:
         return "–"
-    return f"{value:.3f}"[1:] if 0 <= value < 1 else f"{value:.2f}"
+    return f"{value:.2f}"[1:] if 0 <= value < 0.995 else f"{value:.1f}"

@@ -258,3 +258,40 @@ def test_sweep_threshold_interpolates_between_grid_points():
     assert never["snr90_db"] is None and "down to 18 dB" in never["snr90_note"]
     first = bench._threshold(points[2:], 0.8, "macro_f1")
     assert first["snr90_db"] is None and first["snr90_at_grid_db"] == 12.0 and "already below" in first["snr90_note"]
+
+
+def test_sweep_lines_are_compact():
+    from harness import report
+    from harness.results import Result
+
+    def swept(model, task, metric, values):
+        r = Result(model=model, device="/dev/ttyUSB0", profile="esp32s3", task=task)
+        points = [{"snr_db": s, metric: v} for s, v in zip(noise.SWEEP_SNRS_DB, values)]
+        curve = {"points": points, **bench._threshold(points, 0.9, metric)}
+        r.noise = {"sweep": {"snr_db": list(noise.SWEEP_SNRS_DB), "metric": metric, "clean": {metric: 0.9},
+                             "curves": {"bw": curve, "ma": dict(curve)}}}
+        return r
+
+    lines = report.format_noise([swept("beatimage_mobilenet_long_name", "classifier", "macro_f1",
+                                       [0.9, 0.85, 0.8, 0.6, 0.4, 0.2]),
+                                 swept("ae_beat", "autoencoder", "f1", [0.9, 0.9, 0.9, 0.9, 0.9, 0.88])])
+    assert all(len(line) <= report.TABLE_WIDTH for line in lines), lines
+    assert "autoencoders: anomaly F1" in lines[1]
+    first = next(line for line in lines if line.startswith("beatimage"))
+    assert "bw .90 .85 .80 .60 .40 .20 90%@13.2dB" in first  # the 0.81 line between .85 @18 and .80 @12 dB
+    assert "90%@<-6dB" in next(line for line in lines if line.startswith("ae_beat"))
+
+
+def test_noise_run_on_the_virtual_board(tmp_path):
+    proc = _run_hil(tmp_path, "--max-beats", "100", "--noise", "bw:6,ma:12", "--noise-seed", "11")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    result = json.loads((tmp_path / "out" / "results.json").read_text())["results"][0]
+    prov = result["provenance"]["noise"]
+    assert prov["spec"] == "bw:6,ma:12" and prov["seed"] == 11
+    length = 108000 if "bundled" in prov["source"] else 650000  # samples of the noise records used
+    assert prov["offset"]["213"] == noise.record_offset(11, "213", length)
+    assert prov["records"]["213"]["terms"]["bw"]["snr_db"] == 6.0
+    assert result["bit_exact"]["exact"] is True and result["beats"]["verified"] == 100
+    assert not result.get("regressions") and not result.get("gate")  # noisy beats are not gated
+    assert "ran with --noise bw:6,ma:12" in text
