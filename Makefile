@@ -8,12 +8,14 @@ MITDB  ?= ../shared/mitdb
 .PHONY: system-packages hil-board board-idle ci-summary idf-version bench test bench-full bench-speed bench-noise bench-protocols lib models model models-smoke clean fuzz fuzz-smoke soak
 
 $(VENV)/.installed: pyproject.toml
+	@echo "== setting up $(VENV): hil-bench and its test dependencies from PyPI (about a minute the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 $(VENV)/.train: $(VENV)/.installed
+	@echo "== installing the train extra (TensorFlow, for the recipe smoke runs): a few minutes the first time"
 	$(PY) -m pip install --quiet -e '.[test,train]'
 	touch $@
 
@@ -25,9 +27,10 @@ lib: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PYTEST) tests/hil --device virtual --out out
 
-## The test suite (unit and C core tests, recipe smoke runs, the HIL suite on the virtual board).
+## The test suite (unit and C core tests, recipe smoke runs, the HIL suite on the virtual board). Its HIL
+## reports go to out/test, so that `make bench`'s out/ survives a test run.
 test: $(VENV)/.train
-	$(PYTEST)
+	$(PYTEST) --out out/test
 
 ## All 48 MIT-BIH records (109,494 beats) from $(MITDB) on the virtual board.
 bench-full: $(VENV)/.installed

@@ -8,6 +8,7 @@ TensorFlow (the `train` extra); the evaluation-protocol and binary-weight checks
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -33,10 +34,22 @@ def _committed_files() -> dict[str, str]:
             for p in REPO.glob("models/*/*") if p.suffix in (".tflite", ".json")}
 
 
+def _say(config, text: str) -> None:
+    """A line on the terminal while the module fixture runs (minutes that would otherwise be silent)."""
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if reporter is None or reporter.verbosity < -1:
+        return
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        reporter.write_line(text)
+
+
 @pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
+def smoke_runs(tmp_path_factory, request):
     """Start every recipe with --smoke at once; {family: (returncode, out dir, log text)} when all ended."""
     before = _committed_files()
+    _say(request.config, f"recipe smoke runs: {len(RECIPES)} recipes ({', '.join(r.parent.name for r in RECIPES)}) "
+                         "each train one epoch in parallel, about 2 minutes")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     running = {}
     for recipe in RECIPES:
@@ -56,6 +69,7 @@ def smoke_runs(tmp_path_factory):
             code = f"killed after {TIMEOUT_S} s"
         log.seek(0)
         results[family] = (code, out, log.read())
+        _say(request.config, f"    {family}: exit {code} after {time.monotonic() - start:.0f} s")
         log.close()
     results["__committed_unchanged__"] = before == _committed_files()
     return results
