@@ -30,6 +30,17 @@ def infer_wire_bytes(input_bytes: int) -> int:
     return max_wire_bytes(int(input_bytes))
 
 
+def mlperf_wire_bytes(input_bytes: int) -> int:
+    """Bytes the host sends per beat to an MLPerf Tiny device (harness/mlperf.py): `db load N%`, the tensor
+    as `db HH…%` lines of 31 bytes in hex, and `infer 1 0%`. Its stop-and-wait replies are not counted."""
+    from .mlperf import DB_BYTES  # only for a run on that protocol
+
+    n = int(input_bytes)
+    full, rest = divmod(n, DB_BYTES)
+    lines = full * (len("db %") + 2 * DB_BYTES) + ((len("db %") + 2 * rest) if rest else 0)
+    return len(f"db load {n}%") + lines + len("infer 1 0%")
+
+
 def link_model(profile: Profile, baud: int | None = None) -> dict:
     """How the link time is counted on this profile, in words and numbers."""
     rate = int(baud or profile.baud)
@@ -43,17 +54,23 @@ def link_model(profile: Profile, baud: int | None = None) -> dict:
     return {"baud": rate, "bits_per_byte": BITS_PER_BYTE, "transport": profile.transport, "model": text}
 
 
-def margin(latency: dict, profile: Profile, input_bytes: int, *, baud: int | None = None) -> dict:
+def margin(latency: dict, profile: Profile, input_bytes: int, *, baud: int | None = None,
+           protocol: str | None = None) -> dict:
     """Result.realtime from Result.latency: duty cycle at 60 and 350 bpm, the highest sustained rate, flag.
 
-    Empty when the run has no latency (no beat got through).
+    Empty when the run has no latency (no beat got through). `protocol` "mlperf-tiny" counts that
+    protocol's text commands on the link instead of our INFER frame.
     """
     source = latency.get("source")
     us = (latency.get("us") or {}).get("p99")
     if source is None or us is None:
         return {}
     link = link_model(profile, baud)
-    wire = infer_wire_bytes(input_bytes)
+    if protocol == "mlperf-tiny":
+        wire = mlperf_wire_bytes(input_bytes)
+        link["model"] += "; MLPerf Tiny text commands (db load, hex db lines, infer)"
+    else:
+        wire = infer_wire_bytes(input_bytes)
     link_s = wire * BITS_PER_BYTE / link["baud"]
     latency_s = float(us) / 1e6
     per_beat_s = latency_s + link_s

@@ -243,6 +243,7 @@ def test_short_sweep_on_the_virtual_board(tmp_path):
     assert result["provenance"]["noise"]["seed"] == 5 and result["provenance"]["noise"]["offset"]
     assert result["provenance"]["model_uploaded"] in (True, False)
     assert sweep["link"]["sent"] == 300  # the sweep's two passes streamed again without another upload
+    assert sweep["link"]["reuploads"] == 0 and result["link"]["reuploads"] == 0
     assert result["realtime"]["source"] == "static_estimate"
     lines = [line for line in text.splitlines() if line.startswith("cnn1d_beat@virtual  clean")]
     assert len(lines) == 1 and " ma " in lines[0] and "90%@" in lines[0], text

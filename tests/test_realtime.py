@@ -86,3 +86,11 @@ def test_result_round_trips_realtime_and_noise():
     again = Result.from_dict(result.to_dict())
     assert again.realtime == result.to_dict()["realtime"] and again.noise == result.noise
     assert again.figures()["noise_bw_12db_macro_f1"] == 0.5
+
+
+def test_mlperf_link_counts_its_text_commands():
+    # 187 bytes: "db load 187%" (12) + 6 lines of 31 bytes (66 each) + "db " + 2 hex + "%" (6) + "infer 1 0%" (10)
+    assert realtime.mlperf_wire_bytes(187) == 12 + 6 * 66 + 6 + 10
+    rt = realtime.margin(_latency(1000.0), load_profile("esp32"), 187, baud=115200, protocol="mlperf-tiny")
+    assert rt["link"]["wire_bytes"] == realtime.mlperf_wire_bytes(187) and "MLPerf" in rt["link"]["model"]
+    assert rt["link_s_per_beat"] == pytest.approx(424 * 10 / 115200)
