@@ -129,7 +129,7 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
         result.beats["total"] = total
         t0 = time.perf_counter()  # throughput counts streaming only, not the model upload
         skipped_edge = _stream(board, model, spec, spec.noise, reference, cross_reference, tally, link, total,
-                               device, model.name, on_progress, t0)
+                               device, model.name, on_progress)
         result.status = "pass"
     except HarnessError as err:
         result.status = "error"
@@ -165,17 +165,39 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     return result
 
 
+class LiveRate:
+    """Beats per second for the live progress line, counted from the first result: the time before it
+    (upload, the host references of the first record) is not streaming, and one beat is no rate, so no
+    line is due until `every_s` after the first result."""
+
+    def __init__(self, every_s: float = 0.5):
+        self.every_s = every_s
+        self.first: tuple[float, int] | None = None  # (time, beats verified) at the first result
+        self.last = 0.0
+
+    def due(self, verified: int, now: float) -> float | None:
+        """The rate to show now, or None when no progress line is due."""
+        if self.first is None:
+            self.first, self.last = (now, verified), now
+            return None
+        if now - self.last <= self.every_s:
+            return None
+        self.last = now
+        since, beats = self.first
+        return (verified - beats) / max(now - since, 1e-9)
+
+
 _LINK_KEYS = ("sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames", "resets", "reuploads",
               "recoveries")
 
 
 def _stream(board: Board, model: Model, spec: BenchSpec, mix: noise.NoiseMix | None, reference: Reference,
             cross_reference: Reference | None, tally: _Tally, link: dict, total: int, device: str, label: str,
-            on_progress: Callable[[Progress], None] | None, t0: float) -> int:
+            on_progress: Callable[[Progress], None] | None) -> int:
     """One pass of every beat through the board (noisy when `mix` is given) into `tally`; → beats skipped
     at record edges. Raises the board's HarnessError; the model must already be on the board."""
     skipped_edge = 0
-    last_report = 0.0
+    rate = LiveRate()
     for name in spec.records:
         if spec.max_beats is not None and tally.verified >= spec.max_beats:
             break
@@ -200,14 +222,11 @@ def _stream(board: Board, model: Model, spec: BenchSpec, mix: noise.NoiseMix | N
 
         def on_result(i: int, inference, *, _beats=beats, _expected=expected, _cross=cross, _base=base,
                       _x=flat) -> None:
-            nonlocal last_report
             _compare(tally, model, _beats[i], _base + i, inference, _expected[i],
                      None if _cross is None else _cross[i], _x[i])
-            now = time.perf_counter()
-            if on_progress and now - last_report > 0.5:
-                last_report = now
-                on_progress(Progress(label, device, tally.verified, total,
-                                     tally.verified / max(now - t0, 1e-9), tally.mismatching))
+            beats_per_s = rate.due(tally.verified, time.perf_counter())
+            if on_progress and beats_per_s is not None:
+                on_progress(Progress(label, device, tally.verified, total, beats_per_s, tally.mismatching))
 
         try:
             stats = board.infer_stream((row.tobytes() for row in flat), total=len(beats),
@@ -260,10 +279,9 @@ def _sweep(result: Result, board: Board, model: Model, spec: BenchSpec, referenc
         for snr in sweep.snrs_db:
             mix = sweep.mix(name, snr)
             tally = _Tally()
-            t0 = time.perf_counter()
             try:
                 _stream(board, model, spec, mix, reference, None, tally, link, total, device,
-                        f"{model.name} [{name} {snr:g} dB]", on_progress, t0)
+                        f"{model.name} [{name} {snr:g} dB]", on_progress)
             except HarnessError as err:
                 result.status = "error"
                 result.partial = True
