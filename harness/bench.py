@@ -18,13 +18,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__, data, localize, metrics, noise, realtime
+from . import __version__, beatset, data, localize, metrics, noise, realtime
 from .board import Board
 from .errors import BoardTimeout, HarnessError
 from .model import Model
 from .profiles import Profile
 from .reference import Reference
-from .results import Result
+from .results import Result, bit_exact_summary
 
 
 @dataclass
@@ -73,17 +73,30 @@ class _Tally:
     # and beats whose printed arg-max is unique and equals the reference's.
     resolved: int = 0
     argmax_verified: int = 0
+    # per-beat labels for paired comparisons (harness/beatset.py), one character per verified beat
+    true_chars: list = field(default_factory=list)
+    pred_chars: list = field(default_factory=list)
+    record_counts: list = field(default_factory=list)  # [[record, verified beats], ...] in stream order
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _count_beats(model: Model, spec: BenchSpec) -> int:
-    total = 0
+def _plan(model: Model, spec: BenchSpec) -> tuple[int, beatset.BeatSet]:
+    """How many beats the run will stream, and their fingerprint (the figures cover exactly these beats)."""
+    planned = beatset.BeatSet()
+    if spec.noise is not None:
+        # Noisy beats are other inputs: the same annotations, but figures that must not meet clean ones.
+        planned.note(f"noise {spec.noise.spec} seed {spec.noise.seed}")
     for name in spec.records:
-        total += len(data.beat_windows(data.load_record(spec.mitdb_dir, name), model.window).beats)
-    return total if spec.max_beats is None else min(total, spec.max_beats)
+        if spec.max_beats is not None and planned.beats >= spec.max_beats:
+            break  # _stream stops before this record too
+        beats = data.beat_windows(data.load_record(spec.mitdb_dir, name), model.window).beats
+        if spec.max_beats is not None:
+            beats = beats[: spec.max_beats - planned.beats]
+        planned.add_record(spec.mitdb_dir, name, beats)
+    return planned.beats, planned
 
 
 def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSpec, reference: Reference,
@@ -125,8 +138,9 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
             arena_used_bytes=info.arena_used, arena_size_bytes=hello.arena_size,
             # TFLM on the 64-bit host lays out the arena with 8-byte pointers: close to, not equal to, an ESP32's.
             arena_source="virtual board (TFLM on the 64-bit host)" if hello.chip == "virtual" else "device")
-        total = _count_beats(model, spec)
+        total, planned = _plan(model, spec)
         result.beats["total"] = total
+        result.provenance["beat_set"] = planned.to_dict()
         t0 = time.perf_counter()  # throughput counts streaming only, not the model upload
         skipped_edge = _stream(board, model, spec, spec.noise, reference, cross_reference, tally, link, total,
                                device, model.name, on_progress)
@@ -415,18 +429,30 @@ def _compare(tally: _Tally, model: Model, beat: data.Beat, index: int, inference
         if cdiff.any():
             tally.cross_mismatching += 1
             tally.cross_max_abs_diff = max(tally.cross_max_abs_diff, int(cdiff.max()))
+    if tally.record_counts and tally.record_counts[-1][0] == beat.record:
+        tally.record_counts[-1][1] += 1
+    else:
+        tally.record_counts.append([beat.record, 1])
     if model.task == "classifier":
         label = model.label_map.get(beat.symbol)
+        predicted = int(np.argmax(out))
         if label is not None:
             tally.y_true.append(label)
-            tally.y_pred.append(model.labels[int(np.argmax(out))])
-    else:
+            tally.y_pred.append(model.labels[predicted])
+        tally.true_chars.append(beatset.label_char(None if label is None else model.labels.index(label)))
+        tally.pred_chars.append(beatset.label_char(predicted))
+    elif model.task == "autoencoder":
         # Reconstruction error in the input's real units: both tensors dequantized with their own scales.
         xin = (x.astype(np.float32) - model.input.zero_point) * model.input.scale
         xout = (out.astype(np.float32) - model.output.zero_point) * model.output.scale
         tally.errors.append(float(np.mean((xout - xin) ** 2)))
         normal = (model.anomaly or {}).get("normal_labels", ["N"])
-        tally.is_normal.append(model.label_map.get(beat.symbol) in normal)
+        is_normal = model.label_map.get(beat.symbol) in normal
+        tally.is_normal.append(is_normal)
+        threshold = float((model.anomaly or {}).get("threshold", 0.0))
+        # labels of an autoencoder's per-beat record: 0 = normal, 1 = abnormal (as metrics.anomaly calls it)
+        tally.true_chars.append(beatset.label_char(0 if is_normal else 1))
+        tally.pred_chars.append(beatset.label_char(1 if tally.errors[-1] > threshold else 0))
 
 
 def _verdict(ref_name: str, cross_name: str | None, device_vs_ref: int, device_vs_cross: int,
@@ -451,7 +477,10 @@ def _finish(result: Result, tally: _Tally, model: Model, hello, spec: BenchSpec,
         result.partial = True
     cross_name = result.provenance["cross_reference"]["name"] if result.provenance.get("cross_reference") else None
     result.bit_exact.update({
-        "exact": tally.verified > 0 and tally.mismatching == 0,
+        # A run that stopped part-way is never bit-exact: the beats it did not verify may differ.
+        "exact": tally.verified > 0 and tally.mismatching == 0 and not result.partial,
+        "summary": bit_exact_summary(tally.verified, result.beats.get("total"), tally.mismatching,
+                                     result.partial),
         "mismatching_beats": tally.mismatching,
         "max_abs_diff": tally.max_abs_diff,
         "first_mismatch": tally.first_mismatch,
@@ -471,10 +500,14 @@ def _finish(result: Result, tally: _Tally, model: Model, hello, spec: BenchSpec,
             "note": "a beat is consistent when the reference's INT8 output lies inside the values the printed "
                     "decimals allow; bit-exact only for int8_recovered_beats (docs/mlperf.md)"}
         result.bit_exact["exact"] = (tally.verified > 0 and tally.mismatching == 0
-                                     and tally.resolved == tally.verified)
+                                     and tally.resolved == tally.verified and not result.partial)
+    if tally.true_chars:
+        labels = list(model.labels) if model.task == "classifier" else ["normal", "abnormal"]
+        result.per_beat = beatset.encode_per_beat(labels, [tuple(rc) for rc in tally.record_counts],
+                                                  "".join(tally.true_chars), "".join(tally.pred_chars))
     if model.task == "classifier":
         result.accuracy = metrics.classification(tally.y_true, tally.y_pred, list(model.labels))
-    else:
+    elif model.task == "autoencoder":
         threshold = float((model.anomaly or {}).get("threshold", 0.0))
         result.accuracy = {
             "anomaly": metrics.anomaly(tally.errors, tally.is_normal, threshold),

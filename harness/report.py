@@ -169,6 +169,9 @@ def _testcase(result: Result) -> TestCase:
     for name, value in result.figures().items():
         properties.add_property(Property(name, _property_text(value)))
     case.append(properties)
+    if result.gate:
+        # Every comparison the gate made, passes included, one line each (the failure text has the others).
+        case.system_out = "\n".join(str(g.get("line") or "") for g in result.gate)
     if result.status == "fail":
         case.result = [_with_text(Failure(result.failure_line or "failed",
                                           (result.failure or {}).get("kind")), result)]
@@ -179,7 +182,8 @@ def _testcase(result: Result) -> TestCase:
 
 
 def _with_text(element: Failure | Error, result: Result) -> Failure | Error:
-    lines = [result.failure_line, *result.regressions]
+    gate_lines = [g.get("line") for g in result.gate if g.get("outcome") != "pass"]
+    lines = [result.failure_line, *(gate_lines if result.gate else result.regressions)]
     element.text = "\n".join(line for line in lines if line)
     return element
 
@@ -196,7 +200,8 @@ def _property_text(value: str | float | int) -> str:
 TABLE_WIDTH = 120
 LEGEND = ("est. = static cost-model estimate, not measured; host wall time is not device latency\n"
           "p50/p99 unmarked = device cycles ÷ CPU MHz; beats/s = host wall time; "
-          "✗ n = n beats differ from the reference")
+          "✗ n = n beats differ from the reference\n"
+          "n/m part = bit-exact on the n beats verified of m, run incomplete (never counted as bit-exact)")
 PARTIAL_NOTE = "* = the run stopped early: its figures cover only the verified beats"
 
 
@@ -256,12 +261,16 @@ def _anomaly_lines(results: Sequence[Result]) -> list[str]:
 
 def _row(result: Result) -> list[str]:
     exact = result.is_bit_exact
+    mismatching = result.bit_exact.get("mismatching_beats")
     if exact is None:
         bit = "–"
     elif exact:
         bit = "✓"
+    elif result.partial and not mismatching:
+        # Never ✓: the beats the run did not reach were not checked.
+        bit = f"{result.beats.get('verified', '?')}/{result.beats.get('total', '?')} part"
     else:
-        bit = f"✗ {result.bit_exact.get('mismatching_beats', '?')}"
+        bit = f"✗ {mismatching if mismatching is not None else '?'}"
     accuracy = result.accuracy_value
     macro_f1 = result.macro_f1_value
     mark = ""

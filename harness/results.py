@@ -8,7 +8,8 @@ came from (`..._device_cycles`, `..._static_estimate`, `..._host_wall`).
 Shape of each block (keys absent or None when unknown):
 
 - beats: {"total", "verified", "skipped_edge"}
-- bit_exact: {"exact", "mismatching_beats", "max_abs_diff", "first_mismatch": {"beat", "record", "sample",
+- bit_exact: {"exact" (true only when every planned beat was verified and none differed: a partial run is
+  never bit-exact), "summary" (e.g. "bit-exact on 30 of 100 beats, incomplete"), "mismatching_beats", "max_abs_diff", "first_mismatch": {"beat", "record", "sample",
   "symbol", "output_index", "device", "reference"} | None, "reference", "cross_check": {"reference",
   "mismatching_beats", "max_abs_diff", "verdict"} | None, "localisation": localize.Localisation.to_dict()
   (or {"error", "summary"} when it failed), only on a mismatch}
@@ -37,7 +38,14 @@ Shape of each block (keys absent or None when unknown):
 - provenance: {"model_sha256", "model_path", "firmware": {"version", "build_hash", "chip", "cpu_mhz",
   "kernel_mode"}, "reference": {"name", "version", "kernels", "note"}, "cross_reference": {...} | None,
   "records", "data_dir", "harness_version", "python", "started_at", "finished_at", "profile_path",
-  "noise": {"spec", "seed", "offset": {record: first noise sample}, "source", "records": {record: gains}}}
+  "noise": {"spec", "seed", "offset": {record: first noise sample}, "source", "records": {record: gains}},
+  "beat_set": {"fingerprint", "beats", "records"} (harness/beatset.py: which beats the figures cover)}
+- per_beat: what a paired comparison needs, one character per verified beat in stream order
+  (harness/beatset.py encode_per_beat): {"labels", "records": [[name, beats], ...], "true", "pred"}; empty for
+  tasks without per-beat labels (conformance)
+- gate: one dict per compared figure (harness/gate.py Outcome.to_dict): {"metric", "outcome", "old", "new",
+  "limit", "p_value", "ci95", "reason", "line"}; outcome is pass, regressed, improved, within_noise or
+  not_compared
 """
 
 from __future__ import annotations
@@ -50,7 +58,8 @@ from typing import Any
 from .errors import HarnessError, ReportError
 
 STATUSES = ("pass", "fail", "error")
-TASKS = ("classifier", "autoencoder")
+# conformance: kernel conformance models whose verdict is bit-exactness alone (no accuracy figures).
+TASKS = ("classifier", "autoencoder", "conformance")
 # device_timer: an MLPerf Tiny device's th_timestamp µs laps (harness/mlperf.py).
 LATENCY_SOURCES = ("device_cycles", "static_estimate", "device_timer")
 # A verdict about the model (it computed something wrong or worse than before) is a test failure; anything
@@ -82,6 +91,8 @@ class Result:
     regressions: list[str] = field(default_factory=list)
     realtime: dict = field(default_factory=dict)
     noise: dict = field(default_factory=dict)
+    per_beat: dict = field(default_factory=dict)
+    gate: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -112,8 +123,18 @@ class Result:
     # -- headline figures used by the table and the gate --------------------------------------------------
     @property
     def is_bit_exact(self) -> bool | None:
+        """True only for a complete run without a differing beat: a partial run is never bit-exact."""
         exact = self.bit_exact.get("exact")
-        return None if exact is None else bool(exact)
+        if exact is None:
+            return None
+        return bool(exact) and not self.partial
+
+    @property
+    def bit_exact_summary(self) -> str:
+        """"bit-exact on all 8123 beats", "bit-exact on 30 of 100 beats, incomplete", "4 of 100 beats differ"."""
+        return self.bit_exact.get("summary") or bit_exact_summary(
+            self.beats.get("verified"), self.beats.get("total"), self.bit_exact.get("mismatching_beats"),
+            self.partial)
 
     @property
     def accuracy_value(self) -> float | None:
@@ -180,6 +201,7 @@ class Result:
 
         be = self.bit_exact
         out["bit_exact"] = self.is_bit_exact
+        out["bit_exact_summary"] = self.bit_exact_summary
         out["mismatching_beats"] = be.get("mismatching_beats")
         out["max_abs_diff"] = be.get("max_abs_diff")
         out["reference"] = be.get("reference") or (self.provenance.get("reference") or {}).get("name")
@@ -244,9 +266,18 @@ class Result:
             out[f"reference_{key}"] = ref.get(key)
         xref = prov.get("cross_reference") or {}
         out["cross_reference_version"] = xref.get("version")
+        beat_set = prov.get("beat_set") or {}
+        out["beat_set_fingerprint"] = beat_set.get("fingerprint")
+        out["beat_set_beats"] = beat_set.get("beats")
         out["regressions"] = len(self.regressions)
         self._realtime_figures(out)
         self._noise_figures(out)
+        for outcome in ("regressed", "improved", "within_noise", "not_compared"):
+            out[f"gate_{outcome}"] = sum(1 for g in self.gate if g.get("outcome") == outcome)
+        if self.gate:
+            out["gate_compared"] = len(self.gate)
+        for entry in self.gate:
+            out[f"gate_outcome_{entry.get('metric')}"] = entry.get("outcome")
         return {key: value for key, value in _plain(out).items() if value is not None}
 
     def _realtime_figures(self, out: dict[str, Any]) -> None:
@@ -293,6 +324,20 @@ class Result:
         for label, per in (acc.get("per_class") or {}).items():
             for key in ("se", "ppv", "f1", "support"):
                 out[f"{key}_{label}"] = per.get(key)
+
+
+def bit_exact_summary(verified: int | None, total: int | None, mismatching: int | None, partial: bool) -> str:
+    """The bit-exactness verdict in words: mismatching beats of verified beats, and whether the run finished."""
+    if not verified:
+        return "no beat verified"
+    of = f" of {total}" if total and total != verified else ""
+    if mismatching:
+        text = f"{mismatching} of {verified} verified beats differ"
+    elif partial:
+        return f"bit-exact on {verified}{of} beats, incomplete"
+    else:
+        return f"bit-exact on all {verified} beats"
+    return text + (f" ({verified}{of} beats verified, incomplete)" if partial else "")
 
 
 def _plain(value: Any) -> Any:
