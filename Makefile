@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 MITDB  ?= ../shared/mitdb
 
-.PHONY: system-packages hil-board board-idle ci-summary idf-version bench test bench-full bench-speed bench-noise bench-protocols lib models model models-smoke clean fuzz fuzz-smoke soak
+.PHONY: system-packages hil-board board-idle ci-summary idf-version bench test bench-full bench-speed bench-noise bench-protocols bench-gate lib models model models-smoke clean fuzz fuzz-smoke soak
 
 $(VENV)/.installed: pyproject.toml
 	@echo "== setting up $(VENV): hil-bench and its test dependencies from PyPI (about a minute the first time)"
@@ -48,6 +48,10 @@ bench-speed: $(VENV)/.installed
 ## Our protocol vs MLPerf Tiny's on the same throttled link (115200 and 921600 baud): beats/s and the ratio.
 bench-protocols: $(VENV)/.installed
 	$(PY) -m harness.protocols_bench
+
+## The gate's own cost: paired bootstrap over 48 records × 1,000 resamples plus McNemar (goal < 2 s).
+bench-gate: $(VENV)/.installed
+	$(PY) -m harness.stats
 
 ## Retrain every model family (models/*/train.py) from $(MITDB) (TensorFlow in the `train` extra).
 models: $(VENV)/.train

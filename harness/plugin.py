@@ -12,6 +12,7 @@ failure with one line, and the evidence goes into results.json and junit.xml.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from . import bench, data, gate, noise, perfrule, refcache, report
+from . import bench, compare, data, gate, noise, perfrule, refcache, report
 from .board import Board
 from .errors import ConfigError, HarnessError
 from .model import TASKS, Model, check_model, load_registry, load_user_model, sidecar_path
@@ -72,7 +73,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--window", type=int, default=None, help="INFER frames in flight (default: the profile's)")
     g.addoption("--out", default="out", help="directory for results.json and junit.xml (default out/)")
     g.addoption("--baseline-dir", default=str(REPO / "baselines"), help="committed baselines")
-    g.addoption("--update-baseline", action="store_true", help="rewrite the baselines from this run")
+    g.addoption("--update-baseline", action="store_true",
+                help="rewrite the baselines from this run (complete, bit-exact runs only); prints old → new")
+    g.addoption("--gate", default="warn", choices=gate.MODES, dest="gate_mode",
+                help="strict: a figure the gate could not compare (no baseline, other beats...) fails the run "
+                     "(what CI uses); warn (default): it is printed as a warning")
+    g.addoption("--gate-alpha", type=float, default=None, metavar="P",
+                help="significance level of the gate's paired tests (default: the baseline's, 0.05)")
+    g.addoption("--candidate", default=None, metavar="PATH",
+                help="a candidate .tflite for the one model given with --models/--model: both run on the same "
+                     "boards over the same beats; a paired table goes to the terminal and OUT/compare.md")
     g.addoption("--virtual-throttle", action="store_true",
                 help="virtual board: limit the link to the baud rate, like a UART")
     g.addoption("--virtual-fault", action="append", default=None, metavar="SPEC",
@@ -124,6 +134,10 @@ class HilSession:
     update_baseline: bool
     options: dict
     reference_cache: Path | None = None
+    gate_mode: str = "warn"
+    gate_alpha: float | None = None
+    candidates: dict = field(default_factory=dict)  # candidate model name → committed model name
+    baseline_lines: list[str] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
     aborted: str | None = None
 
@@ -151,6 +165,9 @@ class HilSession:
             protocol = protocols[i if len(protocols) > 1 else 0] if protocols else profile.protocol
             slots.append(DeviceSlot(device=device, profile=profile, protocol=protocol))
         models = _load_models(opt)
+        candidates = {}
+        if opt.candidate:
+            models, candidates = _with_candidate(models, Path(opt.candidate))
         for model in models:
             for slot in slots:
                 check_model(model, slot.profile)
@@ -171,6 +188,7 @@ class HilSession:
                                         max_beats=opt.max_beats, noise=mix, sweep=sweep, baud=opt.baud),
                    reference=opt.reference, out_dir=out_dir, baseline_dir=baseline_dir,
                    update_baseline=opt.update_baseline, reference_cache=cache,
+                   gate_mode=opt.gate_mode, gate_alpha=opt.gate_alpha, candidates=candidates,
                    options={"baud": opt.baud, "window": opt.window, "build_dir": opt.build_dir,
                             "skip_flash": opt.skip_flash, "throttle": opt.virtual_throttle,
                             "faults": tuple(opt.virtual_fault or ()), "mlperf_model_id": opt.mlperf_model_id,
@@ -272,12 +290,27 @@ class HilSession:
             result.provenance["reference_cache"] = {"dir": str(self.reference_cache),
                                                     "hits": ref.hits + cross.hits,
                                                     "misses": ref.misses + cross.misses}
-        baseline = gate.load_baseline(self.baseline_dir / f"{slot.profile.name}.json")
-        # Noisy beats are not the beats a baseline was taken on: --noise runs are not gated.
-        if baseline is not None and not self.update_baseline and result.status == "pass" and not self.spec.noise:
-            gate.apply(result, gate.check(result, baseline))
+        self._gate(result, model, slot)
         self.results.append(result)
         return result
+
+    def _gate(self, result: Result, model: Model, slot: DeviceSlot) -> None:
+        """Outcomes against the baseline (or, for a candidate, against the committed model of this run)."""
+        committed_name = self.candidates.get(model.name)
+        if committed_name is not None:
+            committed = next((r for r in self.results if r.model == committed_name and r.device == slot.device),
+                             None)
+            outcomes = gate.compare_candidate(result, committed, alpha=self.gate_alpha)
+            gate.apply(result, outcomes, mode="warn", candidate=True)
+            return
+        baseline = gate.load_baseline(self.baseline_dir / f"{slot.profile.name}.json")
+        outcomes = gate.check(result, baseline, alpha=self.gate_alpha)
+        if self.update_baseline:
+            result.gate = [o.to_dict() for o in outcomes]  # reported, not enforced: this run is being accepted
+        else:
+            # Noisy beats are not the beats a baseline was taken on (their fingerprint differs): the accuracy
+            # figures come out not_compared, which a --noise run reports but never fails on.
+            gate.apply(result, outcomes, mode="warn" if self.spec.noise else self.gate_mode)
 
 
 def _parse_window(text: str) -> dict:
@@ -299,6 +332,23 @@ def _parse_window(text: str) -> dict:
                               "says what each does)", code="HIL127")
         window["normalize"] = parts[3]
     return window
+
+
+def _with_candidate(models: list[Model], path: Path) -> tuple[list[Model], dict]:
+    """Insert the candidate right after the one model it replaces; it inherits that model's metadata
+    (window, labels, task, threshold) unless it has its own sidecar YAML."""
+    if len(models) != 1:
+        raise ConfigError(f"--candidate {path} needs exactly one model to compare with, got {len(models)}",
+                          "name it: --models cnn1d_beat (or --model PATH)", code="HIL131")
+    (base,) = models
+    if path.with_suffix(".yaml").is_file():
+        candidate = load_user_model(path)
+    else:
+        meta = {"task": base.task, "labels": list(base.labels) or None, "label_map": dict(base.label_map),
+                "window": dataclasses.asdict(base.window), "anomaly": base.anomaly}
+        candidate = load_user_model(path, overrides=meta)
+    candidate = dataclasses.replace(candidate, name=f"{base.name}+candidate")
+    return [base, candidate], {candidate.name: base.name}
 
 
 def _load_models(opt) -> list[Model]:
@@ -431,11 +481,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
                 "records": list(hil.spec.records), "data_dir": str(hil.spec.mitdb_dir), "cwd": os.getcwd()}
         report.write_results_json(hil.out_dir / "results.json", hil.results, session=info)
         report.write_junit(hil.out_dir / "junit.xml", hil.results)
+        if hil.candidates:
+            report.atomic_write(hil.out_dir / "compare.md", lambda fh: fh.write(
+                compare.markdown(hil.results, hil.candidates).encode("utf-8")))
         if hil.update_baseline:
             for slot in hil.slots:
-                mine = [r for r in hil.results if r.profile == slot.profile.name]
+                mine = [r for r in hil.results if r.profile == slot.profile.name and r.model not in hil.candidates]
                 if mine:
-                    gate.update_baseline(hil.baseline_dir / f"{slot.profile.name}.json", mine)
+                    lines, refused = gate.update_baseline(hil.baseline_dir / f"{slot.profile.name}.json", mine)
+                    hil.baseline_lines += lines + refused
+                    if refused and session.exitstatus == 0:
+                        session.exitstatus = 1
     finally:
         hil.close()
 
@@ -450,5 +506,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     for line in report.format_realtime(hil.results) + report.format_noise(hil.results):
         terminalreporter.write_line(line)
     terminalreporter.write_line(f"results: {hil.out_dir / 'results.json'}   junit: {hil.out_dir / 'junit.xml'}")
+    gate_lines = [line for r in hil.results if r.model not in hil.candidates for line in gate.summary_lines(r)]
+    if gate_lines:
+        mode = "strict: not compared fails" if hil.gate_mode == "strict" else "warn: not compared is a warning"
+        terminalreporter.write_line(f"gate ({mode}); every outcome that is not a plain pass:")
+        for line in gate_lines:
+            terminalreporter.write_line("  " + line)
+    if hil.candidates:
+        terminalreporter.write_line("")
+        for line in compare.text(hil.results, hil.candidates).splitlines():
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"paired comparison as Markdown: {hil.out_dir / 'compare.md'}")
     if hil.update_baseline:
-        terminalreporter.write_line(f"baselines updated in {hil.baseline_dir}")
+        terminalreporter.write_line(f"--update-baseline ({hil.baseline_dir}):")
+        for line in hil.baseline_lines or ["nothing written"]:
+            terminalreporter.write_line("  " + line)
