@@ -296,10 +296,6 @@ class NoiseMix:
     def spec(self) -> str:
         return ",".join(str(t) for t in self.terms)
 
-    def with_terms(self, terms: tuple[NoiseTerm, ...]) -> "NoiseMix":
-        """The same source and seed (so the same offsets) with other terms: one sweep point."""
-        return NoiseMix(terms=tuple(terms), source=self.source, seed=self.seed)
-
     def apply(self, record: Record) -> Record:
         """The record with every term's noise added at its SNR; channels beyond the noise's wrap around."""
         signal = record.signal.astype(np.float64)
