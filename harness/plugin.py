@@ -26,6 +26,7 @@ from .errors import ConfigError, HarnessError
 from .model import TASKS, Model, check_model, load_registry, load_user_model, sidecar_path
 from .profiles import Profile, check_board, load_profile
 from .reference import REFERENCES, make_reference
+from .reference import check_available as check_reference
 from .results import Result
 from .transport import open_link
 
@@ -164,6 +165,7 @@ class HilSession:
             profile = load_profile(name)
             protocol = protocols[i if len(protocols) > 1 else 0] if protocols else profile.protocol
             slots.append(DeviceSlot(device=device, profile=profile, protocol=protocol))
+        check_reference(opt.reference)  # a missing interpreter package is one line now, not a traceback later
         models = _load_models(opt)
         candidates = {}
         if opt.candidate:
@@ -461,6 +463,8 @@ def run_case(hil: HilSession, case, request: pytest.FixtureRequest, record_prope
     progress = _ProgressLine(request.config)
     try:
         result = hil.run(model, slot, progress)
+    except HarnessError as err:  # e.g. a host interpreter that cannot load the model: one line, no traceback
+        pytest.fail(str(err), pytrace=False)
     finally:
         progress.done()
     for name, value in result.figures().items():

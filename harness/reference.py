@@ -14,6 +14,7 @@ The bench compares every device output with one of these:
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 
 import numpy as np
 
@@ -188,6 +189,22 @@ class TFLMReference(Reference):
             self._interpreter.invoke()
             out[i] = self._interpreter.get_output(0).reshape(-1)
         return out
+
+
+def check_available(name: str) -> None:
+    """Raise the one-line error `make_reference(name, ...)` would raise for a missing package, before a run."""
+    if name not in REFERENCES:
+        raise ConfigError(f"unknown reference '{name}'", f"use one of: {', '.join(REFERENCES)}")
+    package = {"tflite-ref": None, "tflm": "tflite_micro", "litert": "ai_edge_litert"}[name]
+    if package is None:
+        from .model import _interpreter_module
+
+        _interpreter_module()  # tflite-runtime, or LiteRT where it has no wheel; HIL112 when neither
+        return
+    if importlib.util.find_spec(package) is None:
+        pip = {"tflite_micro": "tflite-micro", "ai_edge_litert": "ai-edge-litert"}[package]
+        raise ConfigError(f"reference '{name}' needs the {pip} package, which is not installed",
+                          f"pip install {pip}, or use --reference tflite-ref")
 
 
 def make_reference(name: str, model_data: bytes, *, arena_size: int = 1 << 20) -> Reference:

@@ -279,6 +279,18 @@ def test_malformed_baseline(tmp_path):
     assert_one_line_failure(proc, tmp_path, "HIL611", "virtual.json")
 
 
+def test_reference_package_missing(tmp_path):
+    """`--reference litert` without ai-edge-litert: one line at start-up, not a traceback holding the model's
+    bytes from inside the first case. A plugin hides the package where it is installed (Python ≥ 3.12)."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "no_litert.py").write_text("import sys\nsys.modules['ai_edge_litert'] = None\n")
+    proc = run_bench(tmp_path, "--reference", "litert", "-p", "no_litert",
+                     env_extra={"PYTHONPATH": os.pathsep.join([str(plugins), str(REPO)])})
+    assert_one_line_failure(proc, tmp_path, "HIL100", "ai-edge-litert", "--reference tflite-ref")
+    assert len((proc.stdout + proc.stderr).strip().splitlines()) <= 3, proc.stdout + proc.stderr
+
+
 # --- a board that is not what the profile says (--skip-flash, third-party boards) ---------------------------
 
 @pytest.mark.parametrize("hello,code,words", [
