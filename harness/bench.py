@@ -409,8 +409,9 @@ def _compare(tally: _Tally, model: Model, beat: data.Beat, index: int, inference
         ref = expected.astype(np.int16)
         diff = np.maximum(np.maximum(bounds[0] - ref, ref - bounds[1]), 0)
         tally.resolved += bool(inference.resolved)
-        top = np.flatnonzero(out == out.max())
-        tally.argmax_verified += bool(top.size == 1 and top[0] == int(np.argmax(expected)))
+        if model.task == "classifier":
+            top = np.flatnonzero(out == out.max())
+            tally.argmax_verified += bool(top.size == 1 and top[0] == int(np.argmax(expected)))
     else:
         diff = np.abs(out.astype(np.int16) - expected.astype(np.int16))
     if diff.any():
@@ -496,7 +497,8 @@ def _finish(result: Result, tally: _Tally, model: Model, hello, spec: BenchSpec,
     if result.provenance.get("protocol") == "mlperf-tiny":
         result.bit_exact["verification"] = {
             "mode": "printed decimals (MLPerf Tiny m-results)", "consistent_beats": tally.verified - tally.mismatching,
-            "int8_recovered_beats": tally.resolved, "argmax_verified_beats": tally.argmax_verified,
+            "int8_recovered_beats": tally.resolved,
+            "argmax_verified_beats": tally.argmax_verified if model.task == "classifier" else None,
             "note": "a beat is consistent when the reference's INT8 output lies inside the values the printed "
                     "decimals allow; bit-exact only for int8_recovered_beats (docs/mlperf.md)"}
         result.bit_exact["exact"] = (tally.verified > 0 and tally.mismatching == 0

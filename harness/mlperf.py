@@ -54,6 +54,18 @@ def model_id_of(data: bytes) -> str:
     return "hb-" + hashlib.sha256(data).hexdigest()[:12]
 
 
+def exchange_bytes(input_bytes: int, outputs: int, *, decimals: int = 3) -> tuple[int, int]:
+    """(out, in) line bytes of one accuracy-mode beat: the commands and the device's answers (results
+    printed `%.3f`, laps of 7 digits). The commands go one after the other, so a beat costs their sum."""
+    lines = -(-input_bytes // DB_BYTES)
+    out = len(f"db load {input_bytes}%") + lines * len("db %") + 2 * input_bytes + len("infer 1 0%")
+    back = (len(f"m-[Expecting {input_bytes} bytes]\r\n") + (lines + 2) * len("m-ready\r\n")
+            + len("m-load-done\r\n") + len("m-warmup-start-0\r\nm-warmup-done\r\nm-infer-start-1\r\n")
+            + len("m-infer-done\r\n") + 2 * len("m-lap-us-1234567\r\n") + len("m-results-[]\r\n")
+            + outputs * (decimals + 3))
+    return out, back
+
+
 @dataclass
 class Identity:
     """What `name` and `profile` say, in the shape the bench reads from a HELLO_ACK."""

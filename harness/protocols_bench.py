@@ -20,7 +20,7 @@ import numpy as np
 
 from . import data, protocol
 from .board import Board
-from .mlperf import DB_BYTES, MlperfBoard
+from .mlperf import MlperfBoard, exchange_bytes
 from .model import load_registry
 from .reference import make_reference
 from .transport import open_link
@@ -108,12 +108,7 @@ def bounds(model, baud: int, window: int) -> tuple[float, float]:
     n_in, n_out = model.input.nbytes, model.output.elements
     infer = len(protocol.encode_frame(protocol.MsgType.INFER, 1, bytes(n_in)))
     result = len(protocol.encode_frame(protocol.MsgType.RESULT, 1, bytes(20 + model.output.nbytes)))
-    lines = -(-n_in // DB_BYTES)
-    tx = len(f"db load {n_in}%") + lines * 4 + 2 * n_in + len("infer 1 0%")
-    rx = (len(f"m-[Expecting {n_in} bytes]\r\n") + (lines + 2) * len("m-ready\r\n") + len("m-load-done\r\n")
-          + len("m-warmup-start-0\r\nm-warmup-done\r\nm-infer-start-1\r\nm-infer-done\r\n")
-          + 2 * len("m-lap-us-1234567\r\n") + len("m-results-[]\r\n") + n_out * 6)
-    return rate / max(infer, result), rate / (tx + rx)
+    return rate / max(infer, result), rate / sum(exchange_bytes(n_in, n_out))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,8 +159,8 @@ def test_performance_mode_follows_the_rule_with_a_short_window(mlperf_board, hil
 
 
 # -- the plugin: a device answering e-[...] or garbage ends the run with one line -------------------------
-@pytest.mark.parametrize("fault, code", [("mlperf-error:name", "HIL335"), ("mlperf-garbage", "HIL330"),
-                                         ("mlperf-error:db", "HIL335")])
+# (e-[...] to `name` is the same path as to `db`, checked without a subprocess in test_device_errors_are_typed.)
+@pytest.mark.parametrize("fault, code", [("mlperf-garbage", "HIL330"), ("mlperf-error:db", "HIL335")])
 def test_refusal_or_garbage_ends_the_run_with_one_line(tmp_path, fault, code):
     proc = run_bench(tmp_path, "--device", "virtual", "--protocol", "mlperf-tiny", "--virtual-fault", fault)
     assert proc.returncode == 3
@@ -171,3 +171,23 @@ def test_virtual_device_needs_its_model():
     proc = subprocess.run([sys.executable, "-m", "harness.virtual", "--api", "mlperf-tiny"],
                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 2 and "HIL104" in proc.stderr and "--model" in proc.stderr
+
+
+def test_plugin_runs_accuracy_then_performance_mode_with_a_short_window(tmp_path):
+    import json
+
+    proc = run_bench(tmp_path, "--device", "virtual", "--protocol", "mlperf-tiny", "--max-beats", str(BEATS),
+                     "--latency-rule", "mlperf-tiny", "--mlperf-window-s", "0.2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert result["provenance"]["protocol"] == "mlperf-tiny"
+    assert result["beats"]["verified"] == BEATS
+    assert result["bit_exact"]["verification"]["int8_recovered_beats"] == BEATS
+    assert result["latency"]["rule"] == "per-beat"
+    perf = result["latency"]["mlperf_tiny"]
+    assert (perf["rule"], perf["protocol"], perf["min_window_s"]) == (perfrule.RULE, "mlperf-tiny", 0.2)
+    assert len(perf["windows"]) == 5 and perf["mlperf_compliant"] is False
+    # The real-time margin counts MLPerf's text commands on the link, not our INFER frame.
+    from harness import realtime
+
+    assert result["realtime"]["link"]["wire_bytes"] == realtime.mlperf_wire_bytes(187)
