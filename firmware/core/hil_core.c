@@ -771,8 +771,6 @@ void hil_core_feed(hil_core_t *core, const uint8_t *data, uint32_t len)
             /* Keep counting past the buffer so an over-long run is reported with its real size. */
             if (core->rx_len < sizeof core->rx) {
                 core->rx[core->rx_len] = b;
-            } else {
-                core->rx_overflow = 1;
             }
             if (core->rx_len < 0xFFFFFFFFu) {
                 core->rx_len++;
@@ -784,7 +782,6 @@ void hil_core_feed(hil_core_t *core, const uint8_t *data, uint32_t len)
         }
         wire_len = core->rx_len;
         core->rx_len = 0;
-        core->rx_overflow = 0;
         if (on_candidate(core, wire_len)) {
             return;
         }

@@ -160,8 +160,7 @@ typedef struct {
     hil_stats_t stats;
     /* receive */
     uint8_t rx[HIL_MAX_WIRE];
-    uint32_t rx_len;
-    uint8_t rx_overflow;
+    uint32_t rx_len;  /* counts past sizeof rx, so an over-long frame is seen by its length */
     uint8_t body[HIL_MAX_BODY];
     /* transmit */
     uint8_t tx_body[HIL_MAX_BODY];
