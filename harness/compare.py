@@ -57,7 +57,12 @@ def _rows(outcomes: Sequence[dict]) -> list[list[str]]:
     return rows
 
 
-HEADER = ["figure", "committed", "candidate", "Δ", "95% CI of Δ (records)", "McNemar p", "outcome"]
+HEADER = ["figure", "committed", "candidate", "Δ", "95% CI of Δ", "McNemar p", "outcome"]
+
+
+def _unit(outcomes: Sequence[dict]) -> str:
+    units = sorted({str(o.get("ci_unit")) for o in outcomes if o.get("ci_unit")})
+    return ", ".join(units) if units else "none"
 
 
 def text(results: Sequence[Result], candidates: dict[str, str]) -> str:
@@ -74,6 +79,7 @@ def text(results: Sequence[Result], candidates: dict[str, str]) -> str:
                 out.append("  " + "  ".join("-" * w for w in widths))
         out.append(f"  bit-exactness: committed {committed.bit_exact_summary if committed else '?'}; "
                    f"candidate {cand.bit_exact_summary}")
+        out.append(f"  95% CI: bootstrap over {_unit(cand.gate)}; McNemar: exact test on per-beat right/wrong pairs")
         out.append(f"  verdict: {verdict(cand.gate)}")
     return "\n".join(out)
 
@@ -92,8 +98,8 @@ def markdown(results: Sequence[Result], candidates: dict[str, str]) -> str:
                 f"(fingerprint `{str(bs.get('fingerprint', ''))[:12]}`), the same for both, paired beat by beat",
                 f"- bit-exactness: committed {committed.bit_exact_summary if committed else '?'}; "
                 f"candidate {cand.bit_exact_summary}",
-                "- accuracy: McNemar's exact test on per-beat right/wrong pairs; other figures: 95 % bootstrap "
-                "interval of the change, resampling records", ""]
+                "- accuracy: McNemar's exact test on per-beat right/wrong pairs; 95 % intervals of each change: "
+                f"bootstrap over {_unit(cand.gate)}", ""]
         out.append("| " + " | ".join(HEADER) + " |")
         out.append("|" + "---|" * len(HEADER))
         for row in _rows(cand.gate):

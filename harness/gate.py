@@ -80,6 +80,7 @@ class Outcome:
     ci95: tuple[float, float] | None = None
     reason: str | None = None
     fix: str | None = None
+    ci_unit: str | None = None  # what the bootstrap behind ci95 resampled: "records", or "beats (...)"
 
     @property
     def delta(self) -> float | None:
@@ -111,7 +112,7 @@ class Outcome:
         return {"metric": self.metric, "outcome": self.outcome, "old": self.old, "new": self.new,
                 "limit": self.limit, "p_value": self.p_value,
                 "ci95": None if self.ci95 is None else [self.ci95[0], self.ci95[1]],
-                "reason": self.reason, "fix": self.fix, "line": self.line()}
+                "reason": self.reason, "fix": self.fix, "ci_unit": self.ci_unit, "line": self.line()}
 
 
 def _fmt(metric: str, value: Any, signed: bool = False) -> str:
@@ -306,7 +307,8 @@ def _compare_accuracy(name: str, old: Side, new: Side, tol: dict, sig: dict, old
             reason = None if paired["unit"] == "records" else f"bootstrap over {paired['unit']}"
             if outcome == "within_noise":
                 reason = "; ".join(filter(None, [reason, "the change could be chance"]))
-        out.append(Outcome(name, metric, outcome, o, n, limit, "≥", p_value=p_value, ci95=ci, reason=reason))
+        out.append(Outcome(name, metric, outcome, o, n, limit, "≥", p_value=p_value, ci95=ci, reason=reason,
+                           ci_unit=None if ci is None else paired["unit"]))
     return out
 
 

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 import numpy as np
 
 DEFAULT_RESAMPLES = 1000
-# Below this many records a bootstrap over records has too few distinct resamples to mean anything; the
-# gate then resamples beats (and says so).
-MIN_RECORDS = 3
+# Below this many records a bootstrap over records has too few distinct resamples to mean anything (3
+# records give 10): the gate then resamples beats, which understates the uncertainty (beats of one patient
+# are correlated), and says so in the outcome's reason.
+MIN_RECORDS = 10
 DEFAULT_SEED = 20240  # fixed: the same runs always get the same interval, so the gate is reproducible
 EXCLUDED_FROM_MACRO = ("Q",)  # AAMI: macro-F1 over N, S, V, F; Q (unclassifiable) is too rare to judge
 

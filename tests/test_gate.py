@@ -261,6 +261,17 @@ def test_alpha_is_configurable(baseline, base):
     assert outcomes(make_result(true, worse), baseline, alpha=1e-30)["accuracy"].outcome == "within_noise"
 
 
+def test_many_records_bootstrap_records(tmp_path):
+    records = tuple((str(100 + i), 400) for i in range(12))
+    true = truth(records=records)
+    pred = predictions(true)
+    path = tmp_path / "virtual.json"
+    gate.update_baseline(path, [make_result(true, pred, records=records)])
+    got = outcomes(make_result(true, np.where(pred == 1, 0, pred), records=records), gate.load_baseline(path))
+    assert got["se_S"].outcome == "regressed" and got["se_S"].reason is None  # records are the unit
+    assert got["se_S"].ci95[0] <= got["se_S"].delta <= got["se_S"].ci95[1] < 0
+
+
 def test_single_record_runs_bootstrap_beats_and_say_so(tmp_path):
     records = (("232", 2000),)
     true = truth(records=records)
