@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import __version__, beatset, data, localize, metrics, noise, realtime
-from .board import Board
+from .board import Board, StreamStats
 from .errors import BoardTimeout, HarnessError
 from .model import Model
 from .profiles import Profile
@@ -201,8 +201,8 @@ class LiveRate:
         return (verified - beats) / max(now - since, 1e-9)
 
 
-_LINK_KEYS = ("sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames", "resets", "reuploads",
-              "recoveries")
+_LINK_KEYS = ("sent", "resent", "naks", "duplicates", "strays", "garbage_bytes", "bad_frames", "resets",
+              "reuploads", "recoveries")
 
 
 def _stream(board: Board, model: Model, spec: BenchSpec, mix: noise.NoiseMix | None, reference: Reference,
@@ -242,17 +242,19 @@ def _stream(board: Board, model: Model, spec: BenchSpec, mix: noise.NoiseMix | N
             if on_progress and beats_per_s is not None:
                 on_progress(Progress(label, device, tally.verified, total, beats_per_s, tally.mismatching))
 
+        stats = StreamStats()  # updated as the stream goes: a run that stops part-way keeps its counters
         try:
-            stats = board.infer_stream((row.tobytes() for row in flat), total=len(beats),
-                                       on_result=on_result)
+            board.infer_stream((row.tobytes() for row in flat), total=len(beats), on_result=on_result,
+                               output_bytes=model.output.nbytes, stats=stats)
         except BoardTimeout as err:
             # The board counts within this record; the user needs the whole run's position.
             raise BoardTimeout(f"{err.message} (record {name}); {tally.verified} of {total} beats of the "
                                f"run verified, the partial figures cover only those", err.hint,
                                verified=tally.verified, total=total,
                                stopped_at=f"record {name}, {err.stopped_at}", code=err.code) from None
-        for key in link:
-            link[key] += getattr(stats, key)
+        finally:
+            for key in link:
+                link[key] += getattr(stats, key)
     return skipped_edge
 
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from .errors import BoardError, BoardTimeout, ConfigError, ProtocolError
 from .protocol import (
@@ -38,40 +37,24 @@ from .protocol import (
     type_name,
 )
 from . import protocol
+from .stream import REPEAT_HISTORY, RECOVER_ASK, Action, InferStream, StreamStats, _Pending
 from .transport import open_link
+
+__all__ = ["Board", "StreamStats"]
 
 _READ_SIZE = 65536
 _FLASH_S_PER_BYTE = 10.0 / 1_000_000  # worst-case ESP32 flash erase with 4 KB sectors: ~10 s per MB
-_REPEAT_HISTORY = 64   # seqs the device remembers for the RESULT repeat flag (HIL_REPEAT_HISTORY)
-_MAX_RECOVERIES = 3    # HELLO recoveries in a row without a new result before the stream gives up
 _MIN_CHUNK = 256       # smallest model chunk on a noisy link
-
-
-@dataclass
-class StreamStats:
-    """What a stream cost on the link. `sent` counts beats sent once; `resent` every INFER sent again."""
-
-    sent: int = 0
-    resent: int = 0
-    naks: int = 0
-    duplicates: int = 0
-    garbage_bytes: int = 0
-    bad_frames: int = 0
-    resets: int = 0       # board restarts seen mid-stream (repeat probe or HELLO showing the model lost)
-    reuploads: int = 0    # model uploads to recover from a restart
-    recoveries: int = 0   # silences or refusals answered by a HELLO mid-stream
-    wall_s: float = 0.0  # host wall time of the whole stream
-
-
-class _Pending:
-    # first/last: transmission numbers of its first and latest sending (see Board._overtaken).
-    __slots__ = ("index", "wire", "sent_at", "first", "last")
-
-    def __init__(self, index: int, wire: bytes, sent_at: float, order: int = 0):
-        self.index = index
-        self.wire = wire
-        self.sent_at = sent_at
-        self.first = self.last = order
+_SENT_MEMORY = 256     # requests remembered (seq → type) to tell a late answer from a stray (§11.2)
+_EXCHANGE_STRAYS = 3   # strays during one command before HIL308
+# Which reply types answer which request (ERROR answers any): a reply to a remembered seq of another
+# type is a stray, not a late answer.
+_REPLIES = {
+    MsgType.HELLO: {MsgType.HELLO_ACK}, MsgType.MODEL_BEGIN: {MsgType.MODEL_BEGIN_ACK},
+    MsgType.MODEL_CHUNK: {MsgType.CHUNK_ACK}, MsgType.MODEL_END: {MsgType.MODEL_INFO},
+    MsgType.INFER: {MsgType.RESULT}, MsgType.RESET: {MsgType.RESET_ACK},
+    MsgType.DUMP: {MsgType.DUMP_TENSOR, MsgType.DUMP_END},
+}
 
 
 class Board:
@@ -96,7 +79,11 @@ class Board:
         # resent the others go on, up to `span` beats past the oldest unanswered one. That keeps a lossy
         # link's pipeline full; the span stays inside the device's repeat memory (64 seqs) so repeat flags
         # and restart probes stay true. Inputs are drawn at most `span` ahead of the oldest unanswered beat.
-        self.span = min(4 * window, _REPEAT_HISTORY - window) if window < _REPEAT_HISTORY // 2 else window
+        self.span = min(4 * window, REPEAT_HISTORY - window) if window < REPEAT_HISTORY // 2 else window
+        self.strays = 0  # frames with seqs never sent, over the Board's life (§11.2)
+        self._sent: OrderedDict[int, int] = OrderedDict()  # recent requests: seq → type
+        self._output_bytes: int | None = None  # MODEL_INFO's output size, checked on every RESULT (§6.4)
+        self._output_sizes: dict[bytes, int] = {}  # model sha256 → MODEL_INFO output_bytes
 
     @classmethod
     def open(cls, url: str, baud: int, *, link_timeout: float = 0.05, **kwargs) -> Board:
@@ -128,6 +115,8 @@ class Board:
         self._model_data = bytes(data)
         hello = self.hello()
         digest = hashlib.sha256(data).digest()
+        known = self._output_sizes.get(digest)  # output size from an earlier MODEL_INFO of this model
+        self._output_bytes = known
         if not force and hello.model_state == ModelState.LOADED and hello.model_sha256 == digest.hex():
             return ModelInfo.from_hello(hello), False
 
@@ -171,170 +160,56 @@ class Board:
         if info.sha256 != digest.hex():
             raise ProtocolError(f"{self.name} loaded a model with sha256 {info.sha256[:12]}…, we sent "
                                 f"{digest.hex()[:12]}…", "reset the board and run again", code="HIL305")
+        self._output_sizes[digest] = self._output_bytes = info.output_bytes
         return info, True
 
     def infer_stream(self, inputs: Iterable[bytes], *, total: int | None = None,
-                     on_result: Callable[[int, Inference], None]) -> StreamStats:
+                     on_result: Callable[[int, Inference], None], output_bytes: int | None = None,
+                     stats: StreamStats | None = None) -> StreamStats:
         """Run every input on the board, in order of index, `window` requests in flight.
 
         `inputs` is consumed lazily. on_result(index, inference) is called exactly once per index.
         Lost requests or answers are resent after a quiet spell; a NAK (a frame the device could not read)
         resends at once. No new result for timeout_s → BoardTimeout saying how far the stream got.
+        A RESULT whose output is not `output_bytes` long (default: MODEL_INFO's) → HIL307; frames with
+        seqs never sent → counted, HIL308 past a limit. `stats` (returned) is updated as the stream goes,
+        so a caller that catches an error still has the real counters. The states and transitions are in
+        harness/stream.py.
         """
-        stats = StreamStats()
+        stats = stats if stats is not None else StreamStats()
         garbage0, bad0 = self.decoder.garbage_bytes, self.decoder.bad_frames
-        started = time.monotonic()
-        source = iter(inputs)
-        exhausted = False
-        outstanding: OrderedDict[int, _Pending] = OrderedDict()  # seq → request, oldest first
-        base = self._seq
-        next_index = 0
-        delivered = 0
-        last_progress = started
-        last_resend = 0.0
-        rounds = 0  # resend rounds since the last new result
-        nak_pending = False
-        gap_ewma = 0.0  # typical time between results, so a slow model is not mistaken for a lost frame
-        nak_at = 0.0
-        # Restart detection (see _recover): recently retired requests, resent as probes after a silence.
-        retired: deque[_Pending] = deque(maxlen=8)
-        probes: dict[int, int] = {}  # seq of a probe on its way → next_index when it was sent
-        spare: _Pending | None = None  # a probe kept for when a silence ends without any probe answered
-        recoveries = 0  # HELLO recoveries since the last new result
-        quick = 0  # quick resends of the oldest request since the last new result
+        stream = InferStream(self, inputs, total=total, on_result=on_result, stats=stats,
+                             output_bytes=output_bytes if output_bytes is not None else self._output_bytes)
         try:
             while True:
-                now = time.monotonic()
-                batch = []
-                # `window` requests in flight; a lost one being resent does not stall the others, up to a
-                # span the device's repeat memory covers (so repeat flags and restart probes stay true).
-                while not exhausted and (not outstanding
-                                         or (len(outstanding) < self.window
-                                             and next_index - next(iter(outstanding.values())).index < self.span)):
-                    try:
-                        tensor = next(source)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    seq = (base + next_index) & 0xFFFF
-                    wire = encode_frame(MsgType.INFER, seq, tensor)
-                    outstanding[seq] = _Pending(next_index, wire, now, self._order)
-                    self._order += 1
-                    batch.append(wire)
-                    next_index += 1
+                batch = stream.fill(time.monotonic())
                 if batch:
                     self.link.write(b"".join(batch))
-                    stats.sent += len(batch)
-                if exhausted and not outstanding:
+                if stream.done:
                     break
-
-                recover = None  # None: carry on; False: ask the board (HELLO); True: it restarted
+                recover = None
                 for frame in self._read_frames():
-                    kind = frame.type
-                    if kind == MsgType.RESULT:
-                        pending = outstanding.pop(frame.seq, None)
-                        if pending is None:
-                            # A probe lost long ago tells nothing now (its seq may be a new beat's by then).
-                            if next_index - probes.pop(frame.seq, -_REPEAT_HISTORY) < _REPEAT_HISTORY:
-                                spare = None  # this answer is the verdict on the silence
-                                if not Inference.parse(frame.payload).repeat:
-                                    recover = True  # it forgot a seq it answered: it restarted
-                                    break
-                                continue
-                            stats.duplicates += 1
-                            continue
-                        on_result(pending.index, Inference.parse(frame.payload, frame.seq))
-                        delivered += 1
-                        t = time.monotonic()
-                        if rounds == 0 and delivered > 1:
-                            gap_ewma = 0.8 * gap_ewma + 0.2 * (t - last_progress)
-                        last_progress = t
-                        if rounds and spare is not None:
-                            # The board is back from a silence but no probe got through: ask once more
-                            # whether it restarted (no HELLO went since, so the answer is still true).
-                            self.link.write(spare.wire)
-                            probes[(base + spare.index) & 0xFFFF] = next_index
-                            spare = None
-                        rounds = 0
-                        recoveries = quick = 0
-                        retired.append(pending)
-                        lost = self._overtaken(outstanding, pending)
-                        if lost:
-                            self._resend(lost, stats)
-                            nak_pending = False  # the NAK was about one of these
-                    elif kind == MsgType.NAK:
-                        stats.naks += 1
-                        if not nak_pending:
-                            nak_at = time.monotonic()
-                        nak_pending = True
-                    elif kind == MsgType.ERROR and frame.seq in outstanding:
-                        if (self._model_data is not None and recoveries < _MAX_RECOVERIES
-                                and _device_code(frame) == DeviceErrorCode.BAD_STATE):
-                            recover = False  # no model any more: restarted without it? ask, upload again
-                            break
-                        raise self._device_error(frame, {"beat": outstanding[frame.seq].index})
-                    # anything else is a stale answer to an earlier command: ignore it
-
-                if not outstanding and recover is None:
-                    nak_pending = False  # nothing left that a NAK could have been about
-                    continue
+                    recover = stream.on_frame(frame, time.monotonic())
+                    if recover is not None:
+                        break
                 now = time.monotonic()
-                if outstanding:
-                    oldest = next(iter(outstanding.values()))
-                    if now - last_progress >= self.timeout_s:
-                        raise self._stream_timeout(delivered, total, next_index, exhausted, oldest,
-                                                   (base + oldest.index) & 0xFFFF)
-                    in_flight = sum(len(p.wire) for p in outstanding.values())
-                    patience = min(max(self.resend_after_s, 3 * gap_ewma) + self._wire_s(in_flight),
-                                   self.timeout_s / 2)
-                    quiet = now - max(last_progress, oldest.sent_at) >= patience
-                    # A NAK is answered by the next result (which shows what was lost, see _overtaken);
-                    # only a NAK no result follows (the last frame sent was damaged) needs a resend.
-                    settle = max(self._wire_s(in_flight) + 0.005, 3 * gap_ewma)
-                    nak_due = nak_pending and now - last_resend >= settle and now - nak_at >= settle
-                    if quiet and rounds >= 1 and recover is None and recoveries < _MAX_RECOVERIES:
-                        recover = False  # silent through a resend: ask the board what happened
-                    elif (not quiet and recover is None and quick < 3 and rounds == 0
-                          and self._due_again(outstanding, oldest, now - max(last_progress, oldest.sent_at),
-                                              gap_ewma, in_flight)):
-                        self._resend([oldest], stats)
-                        quick += 1
-                        continue
                 if recover is not None:
-                    recoveries += 1
-                    probe = retired.pop() if retired else None
-                    recent = {seq for seq, at in probes.items() if next_index - at < _REPEAT_HISTORY}
-                    outcome = self._recover(stats, restarted=recover, probe=probe, probes=recent,
-                                            budget_s=self.timeout_s - (now - last_progress))
-                    if outcome is None:
-                        if outstanding:
-                            raise self._stream_timeout(delivered, total, next_index, exhausted, oldest,
-                                                       (base + oldest.index) & 0xFFFF)
-                        continue
-                    if outcome:  # uploaded again: the board is working, give it a full timeout
-                        last_progress = time.monotonic()
-                    retired.clear()  # HELLO cleared the device's repeat history: old probes tell nothing
-                    probes.clear()
-                    spare = None
-                    self._resend(outstanding.values(), stats)
-                    rounds, last_resend, nak_pending = rounds + 1, time.monotonic(), False
+                    if stream.outstanding and now - stream.last_progress >= self.timeout_s:
+                        raise stream.timeout()
+                    stream.recover(recover, now)
                     continue
-                if (nak_due or quiet) and rounds < self.max_resends:
-                    probe = None
-                    if quiet and retired and next_index - retired[-1].index < _REPEAT_HISTORY:
-                        probe = retired.pop()
-                        probes[(base + probe.index) & 0xFFFF] = next_index
-                        if rounds == 0 and retired:
-                            spare = retired.pop()
-                    self._resend(outstanding.values(), stats, probe)
-                    rounds += 1
-                    last_resend = now
-                    nak_pending = False
+                action = stream.on_quiet(now)
+                if action == Action.RECOVER:
+                    stream.recover(RECOVER_ASK, now)
+                elif action == Action.RESEND_OLDEST:
+                    stream.resend_oldest()
+                elif action == Action.RESEND_ALL:
+                    stream.resend_all(now)
         finally:
-            self._seq = (base + next_index) & 0xFFFF
-            stats.garbage_bytes = self.decoder.garbage_bytes - garbage0
-            stats.bad_frames = self.decoder.bad_frames - bad0
-            stats.wall_s = time.monotonic() - started
+            self._seq = stream.seq_of(stream.next_index)
+            stats.garbage_bytes += self.decoder.garbage_bytes - garbage0
+            stats.bad_frames += self.decoder.bad_frames - bad0
+            stats.wall_s += time.monotonic() - stream.started
         return stats
 
     # -- recovery mid-stream --------------------------------------------------------------------------
@@ -371,33 +246,6 @@ class Board:
         stats.resent += len(pendings)
         self.resends += len(pendings)
 
-    def _due_again(self, outstanding: OrderedDict, oldest: _Pending, waited: float, gap: float,
-                   in_flight: int) -> bool:
-        """A resent oldest request whose answer is overdue: everything sent before it has been answered,
-        so its answer was next, about one result gap after the last. Without this, a resend that is lost
-        again would wait the full patience, with the window stuck behind it and nothing to overtake it."""
-        if oldest.last == oldest.first or gap <= 0.0:
-            return False  # sent once (the normal patience applies) or no result rhythm yet
-        if waited < max(4 * gap, 0.002) + self._wire_s(in_flight):
-            return False
-        return not any(p.last < oldest.last for p in outstanding.values() if p is not oldest)
-
-    @staticmethod
-    def _overtaken(outstanding: OrderedDict, answered: _Pending) -> list[_Pending]:
-        """Requests that an answer has overtaken: lost on the way, or their answer was.
-
-        The link and the device keep order, so a request whose latest sending went out before `answered`
-        was first sent would have been answered first. Resending those at once, instead of after a quiet
-        spell, keeps the pipeline full on a lossy link; a wrong guess costs one duplicate, never a beat.
-        """
-        lost = []
-        for p in outstanding.values():  # oldest first; later ones were first sent after `answered`
-            if p.first >= answered.first:
-                break
-            if p.last < answered.first:
-                lost.append(p)
-        return lost
-
     def _recover(self, stats: StreamStats, *, restarted: bool, probe: _Pending | None, probes: set[int],
                  budget_s: float) -> bool | None:
         """Mid-stream HELLO after a silence, a refused INFER or a detected restart.
@@ -414,6 +262,7 @@ class Board:
             return None
         seq = self._next_seq()
         hello = encode_frame(MsgType.HELLO, seq, protocol.hello())
+        self.note_sent(seq, MsgType.HELLO)
         probe_seqs = set(probes)
         if probe is not None:
             probe_seqs.add(self._frame_seq(probe.wire))
@@ -470,6 +319,8 @@ class Board:
         of the input); no new frame for timeout_s → BoardTimeout."""
         seq = self._next_seq()
         wire = encode_frame(MsgType.DUMP, seq, protocol.dump(input))
+        self.note_sent(seq, MsgType.DUMP)
+        strays = 0
         frames_before, bytes_before = self.decoder.frames_ok, self.decoder.bytes_in
         self.link.write(wire)
         started = last_activity = time.monotonic()
@@ -481,7 +332,10 @@ class Board:
             for frame in self._read_frames():
                 if frame.type == MsgType.NAK:
                     retry = True
+                    continue
                 if frame.seq != seq:
+                    if not self.is_stale(frame):
+                        strays = self._count_stray(frame, strays)
                     continue
                 if frame.type == MsgType.ERROR:
                     raise self._device_error(frame, {})
@@ -537,6 +391,8 @@ class Board:
         limit = self.max_resends if max_resends is None else max_resends
         seq = self._next_seq()
         wire = encode_frame(mtype, seq, payload)
+        self.note_sent(seq, mtype)
+        strays = 0
         frames_before = self.decoder.frames_ok
         bytes_before = self.decoder.bytes_in
         self.link.write(wire)
@@ -545,12 +401,17 @@ class Board:
         while True:
             nak = False
             for frame in self._read_frames():
-                if frame.seq == seq and frame.type == expect:
-                    return frame
-                if frame.seq == seq and frame.type == MsgType.ERROR:
-                    raise self._device_error(frame, context or {})
                 if frame.type == MsgType.NAK:
                     nak = True
+                elif frame.seq == seq and frame.type == expect:
+                    return frame
+                elif frame.seq == seq and frame.type == MsgType.ERROR:
+                    raise self._device_error(frame, context or {})
+                elif not self.is_stale(frame):
+                    strays = self._count_stray(frame, strays)
+                    # The board is alive and answers, with the wrong seq: ask again now rather than after
+                    # the resend interval, so a broken board is named in milliseconds, not at the timeout.
+                    nak = nak or frame.type == expect
             now = time.monotonic()
             if now - started >= budget_s:
                 raise self._no_answer(mtype, seq, now - started, frames_before, bytes_before)
@@ -559,6 +420,39 @@ class Board:
                 resends += 1
                 self.resends += 1
                 last_send = now
+
+    def note_sent(self, seq: int, mtype: int) -> None:
+        """Remember a request (seq → type) so a late answer to it is told apart from a stray."""
+        sent = self._sent
+        sent[seq] = mtype
+        sent.move_to_end(seq)
+        if len(sent) > _SENT_MEMORY:
+            sent.popitem(last=False)
+
+    def is_stale(self, frame: Frame) -> bool:
+        """A late answer to a request sent recently (a resend's second answer, a reply that came after we
+        gave up): harmless. Anything else with a seq never sent, or of a type that does not answer what
+        was sent with that seq, is a stray (docs/protocol.md §11.2)."""
+        mtype = self._sent.get(frame.seq)
+        if mtype is None:
+            return False
+        return frame.type == MsgType.ERROR or frame.type in _REPLIES.get(mtype, ())
+
+    def _count_stray(self, frame: Frame, seen: int) -> int:
+        """One more stray during a command; past the limit the board is broken: HIL308 at once."""
+        self.strays += 1
+        seen += 1
+        if seen >= _EXCHANGE_STRAYS:
+            raise self._strays_error(frame, seen, "during one command")
+        return seen
+
+    def _strays_error(self, frame: Frame, count: int, when: str) -> ProtocolError:
+        sent = f"; the last seq we sent was {(self._seq - 1) & 0xFFFF}" if self._sent else ""
+        return ProtocolError(
+            f"{self.name} sent {count} frames {when} with seqs we never sent (the latest: {type_name(frame.type)} "
+            f"seq {frame.seq}{sent}); docs/protocol.md §11.2",
+            "the firmware does not echo the request's seq in its replies: fix or reflash it (check a "
+            "third-party board with pytest tests/conformance --device PORT)", code="HIL308")
 
     def _no_answer(self, mtype: int, seq: int, waited: float, frames_before: int,
                    bytes_before: int) -> Exception:
@@ -618,13 +512,6 @@ _BOARD_ERROR_CODES = {
     DeviceErrorCode.STORE_FAILED: "HIL410",
     DeviceErrorCode.ARENA_TOO_SMALL: "HIL411",
 }
-
-
-def _device_code(frame: Frame) -> int:
-    try:
-        return DeviceError.parse(frame.payload).code
-    except ProtocolError:
-        return 0
 
 
 _NEEDS = re.compile(r"needs (\d+) bytes of tensor arena")

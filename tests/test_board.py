@@ -16,7 +16,7 @@ import time
 import pytest
 
 from harness import protocol
-from harness.board import Board
+from harness.board import Board, StreamStats
 from harness.errors import BoardError, BoardTimeout, ProtocolError
 from harness.protocol import DeviceError, DeviceErrorCode, FrameDecoder, Hello, Inference, ModelInfo, MsgType
 from harness.transport import open_link
@@ -41,7 +41,9 @@ class PeerDevice(threading.Thread):
     byte every N bytes: the frame is lost and the peer answers NAK as the device does), `corrupt_result`
     and `duplicate_result` (nth RESULT sent damaged / twice), `silent_after` results, `garbage_only`
     (answers every read with log text), `drop_chunk_ack_at` (first CHUNK_ACK for that offset is lost),
-    `proto_version`, `chatty` (log text before HELLO_ACK).
+    `proto_version`, `chatty` (log text before HELLO_ACK), `result_len_delta` (every RESULT's output that
+    many bytes longer/shorter), `stray_every` (after every Nth RESULT a RESULT with a seq never sent),
+    `wrong_seq` (control replies carry seq + 1000).
     """
 
     def __init__(self, fd: int, *, capacity: int = 65536, **faults):
@@ -97,6 +99,8 @@ class PeerDevice(threading.Thread):
             view = view[n:]
 
     def _send(self, ftype: int, seq: int, payload: bytes = b"") -> None:
+        if self.faults.get("wrong_seq") and ftype != MsgType.NAK:
+            seq = (seq + 1000) & 0xFFFF
         self._send_raw(protocol.encode_frame(ftype, seq, payload))
 
     def _error(self, seq: int, code: int, request: int, message: str) -> None:
@@ -155,8 +159,15 @@ class PeerDevice(threading.Thread):
                             f"input is {len(p)} bytes, the model takes {INPUT_BYTES}")
                 return
             self.results += 1
+            output = expected_output(p)
+            delta = self.faults.get("result_len_delta", 0)
+            output = output + b"\x7a" * delta if delta >= 0 else output[:delta]
             wire = protocol.encode_frame(MsgType.RESULT, seq,
-                                         Inference(seq, 0, 1000 + self.results, 5000, expected_output(p)).pack())
+                                         Inference(seq, 0, 1000 + self.results, 5000, output).pack())
+            stray_every = self.faults.get("stray_every")
+            if stray_every and self.results % stray_every == 0:
+                stray = (seq + 30000) & 0xFFFF  # a seq the host never sent
+                self._send(MsgType.RESULT, stray, Inference(stray, 0, 1, 1, output).pack())
             if self.results in self.faults.get("corrupt_result", ()):
                 damaged = bytearray(wire)
                 damaged[len(wire) // 2] ^= 0x40
@@ -328,6 +339,56 @@ def test_silent_board_mid_stream_is_board_timeout_with_progress(rig):
     assert "120 of 500 beats verified" in str(err) and "beat 120" in str(err)
     assert err.code == "HIL312" and "\n" not in str(err)
     assert time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_result_one_byte_short_or_long_is_a_length_error(rig, delta):
+    # Bug 2: not HIL501 with a self-contradicting line, but the length error that it is (§6.4).
+    board, _ = rig(result_len_delta=delta)
+    board.ensure_model(b"model")
+    with pytest.raises(ProtocolError) as info:
+        _stream(board, 5)
+    err = info.value
+    assert err.code == "HIL307"
+    assert f"with {OUTPUT_BYTES + delta} output bytes; the model's output tensor has {OUTPUT_BYTES}" in err.message
+    assert "beat 0" in err.message and "\n" not in str(err)
+
+
+def test_stray_results_are_counted_and_fail_past_the_limit(rig):
+    # Bug 3: a RESULT whose seq was never sent is neither a duplicate nor silently absorbed (§11.2).
+    board, _ = rig(stray_every=50)
+    board.ensure_model(b"model")
+    got, stats, _ = _stream(board, 400)
+    assert sorted(got) == list(range(400))
+    assert (stats.strays, stats.duplicates) == (8, 0) and board.strays == 8
+    board2, _ = rig(stray_every=1)
+    board2.ensure_model(b"model")
+    with pytest.raises(ProtocolError) as info:
+        _stream(board2, 100)
+    assert info.value.code == "HIL308" and "seqs we never sent" in info.value.message
+    assert "RESULT seq" in info.value.message
+
+
+def test_control_replies_with_wrong_seq_fail_fast_not_after_the_timeout(rig):
+    board, _ = rig(wrong_seq=True, timeout_s=5.0)
+    start = time.monotonic()
+    with pytest.raises(ProtocolError) as info:
+        board.hello()
+    assert info.value.code == "HIL308"
+    assert "HELLO_ACK seq 1000" in info.value.message and "§11.2" in info.value.message
+    assert time.monotonic() - start < 1.5  # three strays, not the 5 s budget
+    assert board.strays == 3
+
+
+def test_stats_given_to_a_stream_keep_the_real_counters_when_it_fails(rig):
+    # Bug 4: a run that stopped part-way reports what the link really did, not zeros.
+    board, _ = rig(silent_after=30, timeout_s=0.5)
+    board.ensure_model(b"model")
+    stats = StreamStats()
+    with pytest.raises(BoardTimeout):
+        board.infer_stream((beat_input(i) for i in range(100)), total=100, on_result=lambda i, r: None,
+                           stats=stats)
+    assert stats.sent >= 30 and stats.resent > 0 and stats.wall_s > 0
 
 
 def test_garbage_only_is_wrong_baud_or_other_firmware(rig):
