@@ -136,6 +136,9 @@ def test_board_that_stops_answering_gives_a_partial_typed_result(tmp_path):
     assert "bit-exact on 30 of 100 beats, incomplete" in junit
     row = next(line for line in proc.stdout.splitlines() if line.startswith("cnn1d_beat "))
     assert "30/100 part" in row and "✓" not in row, row
+    # The link counters are the real ones of the run that stopped, not zeros (issue 9, bug 4).
+    assert result["link"]["sent"] >= 30 and result["link"]["resent"] > 0, result["link"]
+    assert result["provenance"]["protocol"] == "hil/1.1"
 
 
 def test_user_model_with_flags(tmp_path):
