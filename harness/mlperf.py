@@ -311,13 +311,16 @@ class MlperfBoard:
         return laps[-1] - laps[-2], printed
 
     def infer_stream(self, inputs: Iterable[bytes], *, total: int | None = None,
-                     on_result: Callable[[int, MlperfInference], None]) -> StreamStats:
-        """Accuracy mode: per input `db load`, `db` lines, `infer 1 0`; on_result(index, inference)."""
+                     on_result: Callable[[int, MlperfInference], None], output_bytes: int | None = None,
+                     stats: StreamStats | None = None) -> StreamStats:
+        """Accuracy mode: per input `db load`, `db` lines, `infer 1 0`; on_result(index, inference).
+        `output_bytes` is accepted for Board's signature (the output count is checked against the model
+        instead); `stats` is updated as the stream goes, like Board's."""
         if self._quant is None:
             raise ProtocolError("ensure_model() must run before infer_stream() on an MLPerf Tiny device",
                                 "a harness bug: report it", code="HIL333")
         scale, zero_point = self._quant
-        stats = StreamStats()
+        stats = stats if stats is not None else StreamStats()
         started = time.monotonic()
         done = 0
         for index, tensor in enumerate(inputs):
@@ -339,7 +342,7 @@ class MlperfBoard:
             on_result(index, MlperfInference(index, est.tobytes(), (lo, hi), bool(np.all(lo == hi)),
                                              printed.values, elapsed_us))
             done += 1
-        stats.wall_s = time.monotonic() - started
+        stats.wall_s += time.monotonic() - started
         return stats
 
     def performance(self, inputs: list[bytes], *, min_window_s: float = 10.0, windows: int = 5,
