@@ -119,7 +119,7 @@ def test_regression_against_baseline_fails_with_one_line(tmp_path):
 
 def test_board_that_stops_answering_gives_a_partial_typed_result(tmp_path):
     proc, out = run_bench(tmp_path, "--records", "213", "--max-beats", "100", "--virtual-fault", "silent-after:30",
-                          "--target", str(_fast_timeout_profile(tmp_path)))
+                          "--target", str(_fast_timeout_profile(tmp_path)), "--update-baseline")
     text = proc.stdout + proc.stderr
     assert proc.returncode == 1, text
     line = next(line for line in text.splitlines() if "HIL312" in line)
@@ -139,6 +139,9 @@ def test_board_that_stops_answering_gives_a_partial_typed_result(tmp_path):
     # The link counters are the real ones of the run that stopped, not zeros (issue 9, bug 4).
     assert result["link"]["sent"] >= 30 and result["link"]["resent"] > 0, result["link"]
     assert result["provenance"]["protocol"] == "hil/1.1"
+    # ... and never becomes a baseline.
+    assert "cnn1d_beat@virtual: refused: the run is incomplete (bit-exact on 30 of 100 beats" in proc.stdout
+    assert not (tmp_path / "baselines" / "virtual.json").exists()
 
 
 def test_user_model_with_flags(tmp_path):
