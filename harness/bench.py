@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import platform
 import time
 from dataclasses import dataclass, field
@@ -138,12 +139,26 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
             arena_used_bytes=info.arena_used, arena_size_bytes=hello.arena_size,
             # TFLM on the 64-bit host lays out the arena with 8-byte pointers: close to, not equal to, an ESP32's.
             arena_source="virtual board (TFLM on the 64-bit host)" if hello.chip == "virtual" else "device")
-        total, planned = _plan(model, spec)
+        if model.task == "conformance":
+            x = model.seeded_inputs()
+            if spec.max_beats is not None:
+                x = x[: spec.max_beats]
+            total, planned = len(x), beatset.BeatSet()
+            seed = (model.inputs or {}).get("seed")
+            # The inputs are the beats of a conformance run: their bytes are the fingerprint.
+            planned.note(f"seeded int8 inputs seed {seed} count {total} sha256 {hashlib.sha256(x.tobytes()).hexdigest()}")
+            planned.beats = total
+            result.provenance.update(records=[], conformance_inputs={"seed": seed, "count": total})
+        else:
+            total, planned = _plan(model, spec)
         result.beats["total"] = total
         result.provenance["beat_set"] = planned.to_dict()
         t0 = time.perf_counter()  # throughput counts streaming only, not the model upload
-        skipped_edge = _stream(board, model, spec, spec.noise, reference, cross_reference, tally, link, total,
-                               device, model.name, on_progress)
+        if model.task == "conformance":
+            _stream_seeded(board, model, x, reference, cross_reference, tally, link, device, on_progress, t0)
+        else:
+            skipped_edge = _stream(board, model, spec, spec.noise, reference, cross_reference, tally, link,
+                                   total, device, model.name, on_progress)
         result.status = "pass"
     except HarnessError as err:
         result.status = "error"
@@ -160,7 +175,7 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     if spec.noise is not None:
         result.provenance["noise"] = spec.noise.provenance()
         result.noise = {"spec": spec.noise.spec, "source": spec.noise.source.label, "seed": spec.noise.seed}
-    if spec.sweep is not None and result.status == "pass" and not tally.mismatching:
+    if spec.sweep is not None and result.status == "pass" and not tally.mismatching and model.task != "conformance":
         _sweep(result, board, model, spec, reference, device, on_progress)
     result.provenance["finished_at"] = _now()
     if result.status == "pass" and tally.mismatching:
@@ -168,12 +183,16 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
         localisation = _localise(board, model, hello, tally.first_mismatch_input, reference=reference.name)
         result.bit_exact["localisation"] = localisation
         result.status = "fail"
+        if model.task == "conformance":
+            seed = (model.inputs or {}).get("seed")
+            what, where = "seeded inputs", f"input {first['beat']} (seed {seed}"
+        else:
+            what, where = "beats", f"beat {first['beat']} (record {first['record']}, sample {first['sample']}"
         result.failure = {
             "kind": "mismatch", "code": "HIL501",
-            "message": (f"HIL501 {model.name}@{device}: {tally.mismatching} of {tally.verified} beats differ "
-                        f"from {reference.name} (max |diff| {tally.max_abs_diff}); first at beat {first['beat']} "
-                        f"(record {first['record']}, sample {first['sample']}, output {first['output_index']}: "
-                        f"device {first['device']} vs reference {first['reference']}); "
+            "message": (f"HIL501 {model.name}@{device}: {tally.mismatching} of {tally.verified} {what} differ "
+                        f"from {reference.name} (max |diff| {tally.max_abs_diff}); first at {where}, output "
+                        f"{first['output_index']}: device {first['device']} vs reference {first['reference']}); "
                         f"{result.bit_exact['cross_check']['verdict']}; {localisation['summary']}"),
         }
     return result
@@ -256,6 +275,35 @@ def _stream(board: Board, model: Model, spec: BenchSpec, mix: noise.NoiseMix | N
             for key in link:
                 link[key] += getattr(stats, key)
     return skipped_edge
+
+
+def _stream_seeded(board: Board, model: Model, x: np.ndarray, reference: Reference,
+                   cross_reference: Reference | None, tally: _Tally, link: dict, device: str,
+                   on_progress: Callable[[Progress], None] | None, t0: float) -> None:
+    """A conformance model's pass: its seeded random INT8 inputs through the board, compared bit for bit.
+    Input i is reported as "beat" i of the pseudo-record `seeded` (no ECG behind it)."""
+    expected = reference.run(x).reshape(len(x), -1)
+    cross = cross_reference.run(x).reshape(len(x), -1) if cross_reference else None
+    if cross is not None:
+        diff = np.abs(cross.astype(np.int16) - expected.astype(np.int16))
+        tally.refs_disagree += int(np.count_nonzero(diff.max(axis=1)))
+        tally.refs_max_abs_diff = max(tally.refs_max_abs_diff, int(diff.max(initial=0)))
+    flat = x.reshape(len(x), -1)
+    last_report = 0.0
+
+    def on_result(i: int, inference) -> None:
+        nonlocal last_report
+        beat = data.Beat(record="seeded", index=i, sample=i, symbol="", aami="")
+        _compare(tally, model, beat, i, inference, expected[i], None if cross is None else cross[i], flat[i])
+        now = time.perf_counter()
+        if on_progress and now - last_report > 0.5:
+            last_report = now
+            on_progress(Progress(model.name, device, tally.verified, len(x),
+                                 tally.verified / max(now - t0, 1e-9), tally.mismatching))
+
+    stats = board.infer_stream((row.tobytes() for row in flat), total=len(x), on_result=on_result)
+    for key in link:
+        link[key] += getattr(stats, key)
 
 
 def _quality(model: Model, tally: _Tally) -> dict:
@@ -509,7 +557,14 @@ def _finish(result: Result, tally: _Tally, model: Model, hello, spec: BenchSpec,
         labels = list(model.labels) if model.task == "classifier" else ["normal", "abnormal"]
         result.per_beat = beatset.encode_per_beat(labels, [tuple(rc) for rc in tally.record_counts],
                                                   "".join(tally.true_chars), "".join(tally.pred_chars))
-    if model.task == "classifier":
+    if hello is not None and hello.chip == "virtual":
+        # The virtual board runs TFLM's reference kernels, the interpreter of the tflm cross-check: its
+        # agreement with the host references holds by construction and is no evidence about a board's kernels.
+        result.bit_exact["evidence"] = ("by construction: the virtual board runs TFLM reference kernels, as the "
+                                        "tflm cross-check does; this says nothing about a board's optimized kernels")
+    if model.task == "conformance":
+        result.accuracy = {}  # bit-exactness is the whole verdict of a kernel conformance model
+    elif model.task == "classifier":
         result.accuracy = metrics.classification(tally.y_true, tally.y_pred, list(model.labels))
     elif model.task == "autoencoder":
         threshold = float((model.anomaly or {}).get("threshold", 0.0))

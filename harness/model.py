@@ -30,10 +30,13 @@ from .profiles import Profile
 REPO_DIR = Path(__file__).resolve().parent.parent
 REGISTRY_PATH = REPO_DIR / "models" / "registry.yaml"
 
-TASKS = ("classifier", "autoencoder")
+TASKS = ("classifier", "autoencoder", "conformance")
+# A conformance model (models/conformance/) probes kernels, not ECG: it runs on seeded random INT8 inputs
+# and its verdict is bit-exactness alone (no window, labels or accuracy).
+CONFORMANCE_INPUTS = {"count": 64, "seed": 0}
 ANOMALY_ERRORS = ("mse", "mae")
 # Keys of a registry entry; a sidecar has the same keys minus `file`.
-_ENTRY_KEYS = ("name", "file", "float_file", "task", "labels", "label_map", "window", "card", "recipe",
+_ENTRY_KEYS = ("name", "file", "float_file", "task", "labels", "label_map", "window", "inputs", "card", "recipe",
                "anomaly", "description")
 _WINDOW_KEYS = ("before", "after", "channel", "decimate", "normalize", "mask")
 _ANOMALY_KEYS = ("error", "threshold", "normal_labels")
@@ -64,7 +67,7 @@ class Model:
     task: str
     labels: tuple[str, ...]
     label_map: dict[str, str] = field(hash=False, repr=False)  # beat symbol → label
-    window: data.WindowSpec
+    window: data.WindowSpec | None  # None for a conformance model (seeded random inputs, no beats)
     input: TensorInfo
     output: TensorInfo
     ops: tuple[str, ...]  # distinct op names, in the order the graph first runs them
@@ -73,6 +76,14 @@ class Model:
     float_path: Path | None
     anomaly: dict | None = field(hash=False)
     source: str  # "registry" | "user"
+    inputs: dict | None = field(default=None, hash=False)  # conformance: {"count", "seed"} of its inputs
+
+    def seeded_inputs(self) -> np.ndarray:
+        """A conformance model's inputs: `count` INT8 tensors of the input shape, uniform over −128..127
+        from numpy's PCG64 with `seed`, so every run and every board gets the same bytes."""
+        spec = self.inputs or CONFORMANCE_INPUTS
+        rng = np.random.default_rng(int(spec["seed"]))
+        return rng.integers(-128, 128, size=(int(spec["count"]),) + tuple(self.input.shape[1:]), dtype=np.int8)
 
 
 # Parsing the .tflite ----------------------------------------------------------------------------------
@@ -236,6 +247,22 @@ def _anomaly(raw: Any, where: str) -> dict:
     return {"error": error, "threshold": float(threshold), "normal_labels": [str(x) for x in normal]}
 
 
+def _inputs(raw: Any, where: str) -> dict:
+    if raw is None:
+        return dict(CONFORMANCE_INPUTS)
+    if not isinstance(raw, Mapping) or set(raw) - {"count", "seed"}:
+        raise _meta_error(where, "inputs", f"must be a mapping with count and seed, got {raw!r}",
+                          "write inputs: {count: 64, seed: 1}")
+    out = dict(CONFORMANCE_INPUTS)
+    for key, minimum in (("count", 1), ("seed", 0)):
+        value = raw.get(key, out[key])
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _meta_error(where, f"inputs.{key}", f"must be an integer ≥ {minimum}, got {value!r}",
+                              f"set inputs.{key} to an integer ≥ {minimum}")
+        out[key] = value
+    return out
+
+
 def _optional_path(raw: Mapping[str, Any], key: str, base: Path, where: str) -> Path | None:
     value = raw.get(key)
     if value is None:
@@ -265,6 +292,19 @@ def _build(meta: Mapping[str, Any], *, name: str, path: Path, base: Path, where:
     task = need("task", "classifier or autoencoder")
     if task not in TASKS:
         raise _meta_error(where, "task", f"is {task!r}", f"use one of {', '.join(TASKS)}")
+    inputs = None
+    if task == "conformance":
+        for key in ("window", "labels", "anomaly"):
+            if meta.get(key) is not None:
+                raise _meta_error(where, key, "is not used by a conformance model (seeded random inputs, "
+                                  "verdict bit-exactness alone)", f"remove {key}")
+        return Model(
+            name=name, path=path, data=model_data, sha256=hashlib.sha256(model_data).hexdigest(), task=task,
+            labels=(), label_map={}, window=None, input=tensor_in, output=tensor_out, ops=ops,
+            size_bytes=len(model_data), card=_optional_path(meta, "card", base, where),
+            float_path=None, anomaly=None, source=source, inputs=_inputs(meta.get("inputs"), where))
+    if meta.get("inputs") is not None:
+        raise _meta_error(where, "inputs", "is only for conformance models", "remove it or set task: conformance")
     window = _window(need("window", "before/after/decimate/normalize"), where)
     if task == "classifier":
         labels = _labels(need("labels", "output index → label, e.g. [N, S, V, F, Q]"), where)
@@ -414,7 +454,7 @@ def check_model(model: Model, profile: Profile) -> None:
         raise ModelError(f"model {model.name} uses op(s) the firmware does not register: {', '.join(missing)}",
                          f"replace them in the model, or add them to the firmware's resolver list "
                          f"{_rel(RESOLVER_OPS_PATH)} and rebuild the firmware", code="HIL114")
-    if model.window.length != model.input.elements:
+    if model.window is not None and model.window.length != model.input.elements:
         w = model.window
         raise ModelError(f"model {model.name}: the window gives {w.length} samples ((before {w.before} + after "
                          f"{w.after}) // decimate {w.decimate}) but the input tensor {list(model.input.shape)} "
