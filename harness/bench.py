@@ -113,7 +113,7 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     result = Result(model=model.name, device=device, profile=profile.name, task=model.task)
     result.provenance.update({
         "model_sha256": model.sha256, "model_path": str(model.path), "model_source": model.source,
-        "window": dataclasses.asdict(model.window),
+        "window": dataclasses.asdict(model.window) if model.window is not None else None,
         "reference": _ref_info(reference), "cross_reference": _ref_info(cross_reference),
         "records": list(spec.records), "max_beats": spec.max_beats, "data_dir": str(spec.mitdb_dir), "harness_version": __version__,
         "python": platform.python_version(), "started_at": started, "profile_path": str(profile.path),
