@@ -170,6 +170,9 @@ class HilSession:
         candidates = {}
         if opt.candidate:
             models, candidates = _with_candidate(models, Path(opt.candidate))
+        if opt.gate_alpha is not None and not 0.0 < opt.gate_alpha < 1.0:
+            raise ConfigError(f"--gate-alpha {opt.gate_alpha:g} is not a significance level",
+                              "give a number between 0 and 1, e.g. --gate-alpha 0.01", code="HIL132")
         for model in models:
             for slot in slots:
                 check_model(model, slot.profile)

@@ -397,3 +397,25 @@ def test_errored_result_keeps_its_status(baseline, base):
     gate.apply(errored, gate.check(errored, baseline))
     assert errored.status == "error" and errored.failure["kind"] == "timeout"
     assert any(g["outcome"] == "regressed" and g["metric"] == "bit_exact" for g in errored.gate)
+
+
+def test_a_handful_of_changed_beats_of_the_shipped_model_is_within_noise(tmp_path):
+    """The same check on real data: the shipped cnn1d_beat's own per-beat answers over the bundled records."""
+    committed = gate.load_baseline(gate.Path(__file__).resolve().parent.parent / "baselines" / "virtual.json")
+    entry = committed.models["cnn1d_beat"]
+    side = entry.side()
+    true = np.array([beatset.char_index(c) for c in side.per_beat["true"]])
+    pred = np.array([beatset.char_index(c) for c in side.per_beat["pred"]])
+    records = tuple((r, n) for r, n in side.per_beat["records"])
+    assert len(true) > 8000
+    changed = pred.copy()
+    rng = np.random.default_rng(11)
+    flip = rng.choice(np.flatnonzero(pred == true), size=4, replace=False)
+    changed[flip] = (true[flip] + 1) % 4
+    result = make_result(true, changed, records=records, fingerprint=side.fingerprint,
+                         p50=side.latency["p50_us"], source=entry.raw["latency_source"],
+                         arena=side.arena_used_bytes, model_bytes=side.model_bytes)
+    got = outcomes(result, committed)
+    assert got["accuracy"].outcome == "within_noise" and got["accuracy"].p_value > 0.05
+    assert not any(o.outcome in ("regressed", "not_compared") for o in got.values()), \
+        [o.line() for o in got.values() if o.outcome != "pass"]

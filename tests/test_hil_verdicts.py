@@ -200,3 +200,11 @@ def test_candidate_autoencoder_with_a_collapsed_threshold_is_a_regression(tmp_pa
     outcome = {g["metric"]: g for g in cand["gate"]}
     assert outcome["se"]["outcome"] == "regressed" and outcome["se"]["new"] == 0.0
     assert outcome["f1"]["outcome"] == "regressed"
+
+
+def test_candidate_and_gate_options_are_checked_before_anything_runs(tmp_path):
+    proc, out = run_bench(tmp_path, "--models", "cnn1d_beat,ae_beat", "--candidate", str(tmp_path / "x.tflite"))
+    assert proc.returncode == 4 and "HIL131" in proc.stderr and "needs exactly one model" in proc.stderr
+    proc, _ = run_bench(tmp_path, "--gate-alpha", "5")
+    assert proc.returncode == 4 and "HIL132 --gate-alpha 5 is not a significance level" in proc.stderr
+    assert not (out / "results.json").exists()
