@@ -139,6 +139,8 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
             arena_used_bytes=info.arena_used, arena_size_bytes=hello.arena_size,
             # TFLM on the 64-bit host lays out the arena with 8-byte pointers: close to, not equal to, an ESP32's.
             arena_source="virtual board (TFLM on the 64-bit host)" if hello.chip == "virtual" else "device")
+        if hello.protocol == "mlperf-tiny":
+            result.memory["arena_source"] = "not reported (MLPerf Tiny's API has no arena figure)"
         if model.task == "conformance":
             x = model.seeded_inputs()
             if spec.max_beats is not None:

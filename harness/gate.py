@@ -148,6 +148,7 @@ class Side:
     beat_set: dict | None = None
     per_beat: dict | None = None                 # plain strings (unpacked)
     model_sha256: str | None = None
+    not_reported: tuple[str, ...] = ()          # figures the device's protocol has no way to report
 
 
 def side_of_result(result: Result) -> Side:
@@ -163,7 +164,9 @@ def side_of_result(result: Result) -> Side:
         mismatching=result.bit_exact.get("mismatching_beats"),
         complete=not result.partial and result.status != "error",
         fingerprint=(beat_set or {}).get("fingerprint"), beat_set=beat_set, per_beat=per_beat,
-        model_sha256=prov.get("model_sha256"))
+        model_sha256=prov.get("model_sha256"),
+        # MLPerf Tiny's API reports no tensor arena (harness/mlperf.py): absent by protocol, not lost.
+        not_reported=("arena_used_bytes",) if prov.get("protocol") == "mlperf-tiny" else ())
 
 
 def _figures_from_per_beat(task: str, per_beat: dict) -> dict[str, float | None]:
@@ -242,6 +245,10 @@ def compare(name: str, old: Side, new: Side, tolerances: dict[str, float] | None
     out += _compare_latency(name, old, new, tol, old_label, fix)
     for metric, key, o, n in (("arena_used_bytes", "arena", old.arena_used_bytes, new.arena_used_bytes),
                               ("model_bytes", "model_bytes", old.model_bytes, new.model_bytes)):
+        if n is None and metric in new.not_reported:
+            out.append(Outcome(name, metric, "not_compared", o, None,
+                               reason="the device's protocol does not report it (MLPerf Tiny)"))
+            continue
         out.append(_deterministic(name, metric, o, n, tol[key], old_label, fix))
     return out
 

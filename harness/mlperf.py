@@ -123,7 +123,10 @@ class Printed:
             part = part.strip()
             if not part:
                 continue
-            values.append(float(part))  # ValueError for anything that is not a number
+            value = float(part)  # ValueError for anything that is not a number
+            if not np.isfinite(value):
+                raise ValueError(f"{part} is not a finite number")
+            values.append(value)
             mantissa = part.lower().split("e")[0]
             decimals.append(len(mantissa.split(".", 1)[1]) if "." in mantissa else 0)
         return cls(values, decimals)
@@ -308,7 +311,10 @@ class MlperfBoard:
         except ValueError:
             raise ProtocolError(f"{self.name} printed results that are not numbers: m-results-[{results[-1][:80]}]",
                                 "th_results must print comma-separated decimals", code="HIL333") from None
-        return laps[-1] - laps[-2], printed
+        elapsed = laps[-1] - laps[-2]
+        if elapsed < 0:  # th_timestamp prints an unsigned long: a 32-bit µs counter wraps every 71.6 min
+            elapsed += 1 << 32
+        return elapsed, printed
 
     def infer_stream(self, inputs: Iterable[bytes], *, total: int | None = None,
                      on_result: Callable[[int, MlperfInference], None], output_bytes: int | None = None,

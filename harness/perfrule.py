@@ -70,6 +70,22 @@ def windows(run: Callable[[int, int], float], *, min_window_s: float = MIN_WINDO
     }
 
 
+def lines(results) -> list[str]:
+    """Terminal lines for the results that carry latency.mlperf_tiny: the figure, its source and the rule."""
+    out = []
+    for result in results:
+        perf = (result.latency or {}).get("mlperf_tiny")
+        if not perf:
+            continue
+        shortest = min(w["elapsed_s"] for w in perf["windows"])
+        verdict = ("MLPerf-compliant" if perf["mlperf_compliant"] else
+                   f"not MLPerf-compliant: windows of ≥ {perf['min_window_s']:g} s, the rule asks ≥ {MIN_WINDOW_S:g} s")
+        out.append(f"{result.name}: MLPerf Tiny performance rule ({perf['protocol']}): median "
+                   f"{perf['median_latency_us']:,.0f} µs ({perf['source']}), {perf['median_throughput_inf_per_s']:,.1f} "
+                   f"inf/s over {len(perf['windows'])} windows (shortest {shortest:.2f} s); {verdict}")
+    return out
+
+
 def inputs(model, spec, count: int = WINDOWS) -> list[bytes]:
     """`count` different beats' input tensors (the run's first record), one per window."""
     if model.window is None:  # a kernel conformance model: its own seeded inputs

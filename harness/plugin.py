@@ -510,7 +510,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     terminalreporter.section("HIL bench")
     for line in report.format_table(hil.results).splitlines():
         terminalreporter.write_line(line)
-    for line in report.format_realtime(hil.results) + report.format_noise(hil.results):
+    for line in report.format_realtime(hil.results) + report.format_noise(hil.results) + perfrule.lines(hil.results):
         terminalreporter.write_line(line)
     terminalreporter.write_line(f"results: {hil.out_dir / 'results.json'}   junit: {hil.out_dir / 'junit.xml'}")
     gate_lines = [line for r in hil.results if r.model not in hil.candidates for line in gate.summary_lines(r)]

@@ -81,6 +81,26 @@ def test_a_printed_value_no_int8_gives_is_an_empty_interval():
     assert lo[0] > hi[0]
 
 
+def test_non_numbers_are_not_results():
+    for text in ("0.1,abc", "nan,0.5", "inf"):
+        with pytest.raises(ValueError):
+            Printed.parse(text)
+
+
+def test_a_profile_can_say_its_board_speaks_mlperf_tiny(tmp_path):
+    from harness.errors import ProfileError
+    from harness.profiles import PROFILES_DIR
+
+    base = (PROFILES_DIR / "virtual.yaml").read_text()
+    assert PROFILE.protocol == "hil"
+    (tmp_path / "m.yaml").write_text(base + "protocol: mlperf-tiny\n")
+    assert load_profile(tmp_path / "m.yaml").protocol == "mlperf-tiny"
+    (tmp_path / "bad.yaml").write_text(base + "protocol: modbus\n")
+    with pytest.raises(ProfileError) as err:
+        load_profile(tmp_path / "bad.yaml")
+    assert "protocol" in str(err.value) and "mlperf-tiny" in str(err.value)
+
+
 def test_atoi_like_c():
     assert [_atoi(t) for t in ("12", "7x", "x", "-3", "")] == [12, 7, 0, -3, 0]
 
@@ -167,6 +187,12 @@ def test_refusal_or_garbage_ends_the_run_with_one_line(tmp_path, fault, code):
     assert_one_line_failure(proc, tmp_path, code)
 
 
+def test_protocol_once_or_once_per_device(tmp_path):
+    proc = run_bench(tmp_path, "--device", "virtual", "--protocol", "hil", "--protocol", "mlperf-tiny")
+    assert proc.returncode != 0
+    assert_one_line_failure(proc, tmp_path, "HIL108", "--protocol")
+
+
 def test_virtual_device_needs_its_model():
     proc = subprocess.run([sys.executable, "-m", "harness.virtual", "--api", "mlperf-tiny"],
                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
@@ -187,6 +213,10 @@ def test_plugin_runs_accuracy_then_performance_mode_with_a_short_window(tmp_path
     perf = result["latency"]["mlperf_tiny"]
     assert (perf["rule"], perf["protocol"], perf["min_window_s"]) == (perfrule.RULE, "mlperf-tiny", 0.2)
     assert len(perf["windows"]) == 5 and perf["mlperf_compliant"] is False
+    assert "MLPerf Tiny performance rule (mlperf-tiny)" in proc.stdout and "not MLPerf-compliant" in proc.stdout
+    # Gated against the profile's baseline; the arena, which MLPerf's API cannot report, is not compared.
+    arena = [g for g in result["gate"] if g["metric"] == "arena_used_bytes"]
+    assert arena and arena[0]["outcome"] == "not_compared" and "MLPerf" in arena[0]["reason"]
     # The real-time margin counts MLPerf's text commands on the link, not our INFER frame.
     from harness import realtime
 
