@@ -161,6 +161,18 @@ def test_accuracy_mode_matches_our_protocol_on_the_same_beats(mlperf_board, hil_
     assert abs(mlperf.latency["us"]["median"] - ours.latency["us"]["median"]) <= 1.0
 
 
+def test_a_wrong_printed_value_is_a_mismatch_verdict(model):
+    # The first `infer` after boot is the connect-time self-test's in the plugin; here the stream's beat 3.
+    spec = bench.BenchSpec(mitdb_dir=data.BUNDLED_DIR, records=["213"], max_beats=20)
+    with VirtualBoard("virtual", api="mlperf-tiny", model=model.path, faults=["mlperf-skew:3"]) as vb:
+        with MlperfBoard(open_link(vb.url, PROFILE.baud), timeout_s=5, name="virtual-mlperf") as board:
+            result = bench.run(board, model, PROFILE, "virtual", spec, make_reference("tflite-ref", model.data))
+    assert result.status == "fail" and result.failure["code"] == "HIL501"
+    assert result.bit_exact["mismatching_beats"] == 1 and result.bit_exact["first_mismatch"]["beat"] == 3
+    assert result.bit_exact["max_abs_diff"] == 1
+    assert "no per-layer dump" in result.bit_exact["localisation"]["summary"]  # said, not crashed
+
+
 def test_performance_mode_follows_the_rule_with_a_short_window(mlperf_board, hil_board, model):
     spec = bench.BenchSpec(mitdb_dir=data.BUNDLED_DIR, records=["213"])
     mlperf_board.ensure_model(model.data)

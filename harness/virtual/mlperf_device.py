@@ -24,7 +24,9 @@ inference on the profile (harness/costmodel.py) per inference and by nothing els
 reads are static estimates, labelled as such (the `m-profile` line says so), never host timings.
 
 Faults for tests (`--fault`): `mlperf-error:CMD` answers `e-[...]` to the command word CMD;
-`mlperf-garbage` answers every command with bytes that are not MLPerf text (a wrong baud rate, say).
+`mlperf-garbage` answers every command with bytes that are not MLPerf text (a wrong baud rate, say);
+`mlperf-skew:N` prints output 0 of the N-th `infer` (0-based, counted from boot) one INT8 step too high,
+as a device computing a wrong value would.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ TERMINATOR = ord("%")
 MAX_DB_INPUT_SIZE = 96 * 96 * 3  # the API's default input buffer
 VENDOR = "hil-bench virtual"
 PROFILE_TEXT = "hil-bench virtual MLPerf Tiny device; timestamps: static estimate"
-FAULT_KINDS = ("mlperf-error", "mlperf-garbage")
+FAULT_KINDS = ("mlperf-error", "mlperf-garbage", "mlperf-skew")
 
 
 def default_model_id(data: bytes) -> str:
@@ -54,7 +56,9 @@ def parse_fault(spec: str) -> tuple[str, str]:
         return kind, ""
     if kind == "mlperf-error" and arg:
         return kind, arg
-    raise ValueError(f"bad MLPerf device fault '{spec}': use mlperf-error:CMD or mlperf-garbage")
+    if kind == "mlperf-skew" and arg.isdigit():
+        return kind, arg
+    raise ValueError(f"bad MLPerf device fault '{spec}': use mlperf-error:CMD, mlperf-garbage or mlperf-skew:N")
 
 
 class MlperfDevice:
@@ -75,6 +79,7 @@ class MlperfDevice:
         self._out_zp = 0
         self._in_bytes = 0
         self._infer_us = 0.0
+        self._infers = 0  # `infer` commands run since boot (the mlperf-skew fault counts them)
 
     # -- the Server's interface ------------------------------------------------------------------------
     def init(self) -> None:
@@ -213,6 +218,11 @@ class MlperfDevice:
             self._run(x)
         self._timestamp()
         self._print("m-infer-done\r\n")
+        if any(kind == "mlperf-skew" and int(arg) == self._infers for kind, arg in self.faults):
+            skewed = bytearray(self._last)
+            skewed[0] = (skewed[0] + 1) & 0xFF if skewed[0] != 0x7F else skewed[0] - 1
+            self._last = bytes(skewed)
+        self._infers += 1
         self._results()
 
     def _run(self, x: bytes) -> None:
