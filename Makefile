@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 MITDB  ?= ../shared/mitdb
 
-.PHONY: system-packages hil-board board-idle ci-summary idf-version bench test bench-full bench-speed bench-noise bench-protocols bench-gate lib models model models-smoke clean fuzz fuzz-smoke soak
+.PHONY: system-packages hil-board board-idle ci-summary idf-version report bench test bench-full bench-speed bench-noise bench-protocols bench-gate lib models model models-smoke clean fuzz fuzz-smoke soak
 
 $(VENV)/.installed: pyproject.toml
 	@echo "== setting up $(VENV): hil-bench and its test dependencies from PyPI (about a minute the first time)"
@@ -26,6 +26,12 @@ lib: $(VENV)/.installed
 ## The main job: every shipped model on the virtual board over the bundled MIT-BIH records.
 bench: $(VENV)/.installed
 	$(PYTEST) tests/hil --device virtual --out out
+
+## Render out/report.html and out/summary.md again from out/results.json, with trend plots per model ×
+## profile from out/history.sqlite (every run appends to it). OUT=dir for another run's output directory.
+OUT ?= out
+report: $(VENV)/.installed
+	$(PY) -m harness.htmlreport $(OUT)
 
 ## The test suite (unit and C core tests, recipe smoke runs, the HIL suite on the virtual board). Its HIL
 ## reports go to out/test, so that `make bench`'s out/ survives a test run; its gate is strict (a figure it
@@ -107,8 +113,8 @@ idf-version:
 	@v=$$(idf.py --version 2>/dev/null) || v=none; echo "idf=$${v#ESP-IDF }"
 
 ## Debian packages tests use beyond Python: clang (fuzz smoke), shellcheck (workflow lint), ser2net (labgrid
-## test). apt-get as root, else through sudo; only what is missing.
-SYSTEM_PACKAGES := clang shellcheck ser2net
+## test), chromium (the HTML report opened in a browser). apt-get as root, else through sudo; only what is missing.
+SYSTEM_PACKAGES := clang shellcheck ser2net chromium
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -78,6 +78,8 @@ class _Tally:
     true_chars: list = field(default_factory=list)
     pred_chars: list = field(default_factory=list)
     record_counts: list = field(default_factory=list)  # [[record, verified beats], ...] in stream order
+    # record → {"beats", "mismatching", "classified", "correct"}: four counters per record, for the report
+    per_record: dict = field(default_factory=dict)
 
 
 def _now() -> str:
@@ -118,7 +120,9 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
         "records": list(spec.records), "max_beats": spec.max_beats, "data_dir": str(spec.mitdb_dir), "harness_version": __version__,
         "python": platform.python_version(), "started_at": started, "profile_path": str(profile.path),
     })
-    result.memory["model_bytes"] = model.size_bytes
+    # The profile's limits travel with the figures, so a report can show used against allowed.
+    result.memory.update(model_bytes=model.size_bytes, model_max_bytes=profile.model_max_bytes,
+                         arena_limit_bytes=profile.arena_bytes)
     result.bit_exact["reference"] = reference.name
     skipped_edge = 0
     link = dict.fromkeys(_LINK_KEYS, 0)
@@ -452,6 +456,8 @@ def _compare(tally: _Tally, model: Model, beat: data.Beat, index: int, inference
              cross: np.ndarray | None, x: np.ndarray) -> None:
     out = np.frombuffer(inference.output, dtype=np.int8)
     tally.verified += 1
+    rec = tally.per_record.setdefault(beat.record, {"beats": 0, "mismatching": 0, "classified": 0, "correct": 0})
+    rec["beats"] += 1
     tally.cycles.append(inference.cycles)
     tally.wall_ns.append(inference.wall_ns)
     bounds = getattr(inference, "bounds", None)  # MLPerf Tiny: the INT8 values its printed decimals allow
@@ -468,6 +474,7 @@ def _compare(tally: _Tally, model: Model, beat: data.Beat, index: int, inference
         diff = np.abs(out.astype(np.int16) - expected.astype(np.int16))
     if diff.any():
         tally.mismatching += 1
+        rec["mismatching"] += 1
         tally.max_abs_diff = max(tally.max_abs_diff, int(diff.max()))
         if tally.first_mismatch is None:
             k = int(np.argmax(diff))
@@ -475,6 +482,9 @@ def _compare(tally: _Tally, model: Model, beat: data.Beat, index: int, inference
                 "beat": index, "record": beat.record, "sample": int(beat.sample), "symbol": beat.symbol,
                 "output_index": k, "device": int(out[k]) if k < out.size else None,
                 "reference": int(expected[k]),
+                # the record samples the model saw ([start, end) at 360 Hz), so a report can plot them
+                "window": {"start": int(beat.sample) - model.window.before,
+                           "end": int(beat.sample) + model.window.after, "channel": model.window.channel},
             }
             tally.first_mismatch_input = x.tobytes()
     if cross is not None and out.shape == cross.shape:
@@ -492,6 +502,8 @@ def _compare(tally: _Tally, model: Model, beat: data.Beat, index: int, inference
         if label is not None:
             tally.y_true.append(label)
             tally.y_pred.append(model.labels[predicted])
+            rec["classified"] += 1
+            rec["correct"] += int(model.labels[predicted] == label)
         tally.true_chars.append(beatset.label_char(None if label is None else model.labels.index(label)))
         tally.pred_chars.append(beatset.label_char(predicted))
     elif model.task == "autoencoder":
@@ -506,6 +518,8 @@ def _compare(tally: _Tally, model: Model, beat: data.Beat, index: int, inference
         # labels of an autoencoder's per-beat record: 0 = normal, 1 = abnormal (as metrics.anomaly calls it)
         tally.true_chars.append(beatset.label_char(0 if is_normal else 1))
         tally.pred_chars.append(beatset.label_char(1 if tally.errors[-1] > threshold else 0))
+        rec["classified"] += 1
+        rec["correct"] += int((tally.errors[-1] > threshold) != is_normal)  # same call as metrics.anomaly
 
 
 def _verdict(ref_name: str, cross_name: str | None, device_vs_ref: int, device_vs_cross: int,
@@ -526,6 +540,7 @@ def _verdict(ref_name: str, cross_name: str | None, device_vs_ref: int, device_v
 def _finish(result: Result, tally: _Tally, model: Model, hello, spec: BenchSpec, wall_s: float,
             skipped_edge: int) -> None:
     result.beats.update(verified=tally.verified, skipped_edge=skipped_edge)
+    result.per_record = {name: dict(counts) for name, counts in tally.per_record.items()}
     if result.beats.get("total") and tally.verified < result.beats["total"]:
         result.partial = True
     cross_name = result.provenance["cross_reference"]["name"] if result.provenance.get("cross_reference") else None
@@ -596,6 +611,9 @@ def _finish(result: Result, tally: _Tally, model: Model, hello, spec: BenchSpec,
             check = {"compared": 0, "flagged": 0, "source": None,
                      "reason": f"cycles are a {hello.timing_source.replace('_', ' ')}, not a device counter"}
         result.latency["clock_check"] = check
+        if hello.timing_source == "device_cycles":
+            # The spread of measured cycles in fixed bins: what a histogram needs, a few hundred bytes.
+            result.latency["histogram_cycles"] = metrics.histogram(cycles, spec.warmup)
         result.host_time = {
             "source": ("host_wall" if hello.timing_source in ("static_estimate", "host_clock")
                        else "device_clock"),

@@ -115,6 +115,36 @@ def latency(values_us: Sequence[float], warmup: int) -> dict:
     }
 
 
+HISTOGRAM_BINS = 40
+
+
+def histogram(values: Sequence[float], warmup: int, bins: int = HISTOGRAM_BINS) -> dict:
+    """Fixed-bin histogram of per-invoke values after dropping the first `warmup` (as `latency` does).
+
+    {"edges": bins + 1 floats, "counts": bins ints, "n", "warmup"}: a compact stand-in for the per-beat
+    list, enough to draw the spread. Equal values get one bin of width 1 centred on them; nothing left
+    after warm-up gives empty lists.
+    """
+    if warmup < 0:
+        raise ValueError(f"warmup must be ≥ 0, got {warmup}")
+    if bins < 1:
+        raise ValueError(f"bins must be ≥ 1, got {bins}")
+    values = np.asarray(list(values), dtype=np.float64)
+    dropped = min(warmup, len(values))
+    kept = values[dropped:]
+    if len(kept) == 0:
+        return {"edges": [], "counts": [], "n": 0, "warmup": dropped}
+    if not np.all(np.isfinite(kept)):
+        raise ValueError("histogram values must be finite numbers")
+    low, high = float(kept.min()), float(kept.max())
+    if low == high:
+        counts, edges = np.array([len(kept)]), np.array([low - 0.5, high + 0.5])
+    else:
+        counts, edges = np.histogram(kept, bins=bins, range=(low, high))
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "n": int(len(kept)),
+            "warmup": dropped}
+
+
 def anomaly(errors: Sequence[float], is_normal: Sequence[bool], threshold: float) -> dict:
     """Detection figures of an autoencoder: a beat is called abnormal when its error > `threshold`.
 

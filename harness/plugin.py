@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from . import bench, compare, data, gate, noise, perfrule, refcache, report
+from . import bench, compare, data, gate, htmlreport, manifest, noise, perfrule, refcache, report
 from .board import Board
 from .errors import ConfigError, HarnessError
 from .model import TASKS, Model, check_model, load_registry, load_user_model, sidecar_path
@@ -72,7 +72,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "(default $HIL_REFERENCE_CACHE or ~/.cache/hil-bench/reference; 'off' recomputes)")
     g.addoption("--warmup", type=int, default=10, help="beats left out of latency statistics")
     g.addoption("--window", type=int, default=None, help="INFER frames in flight (default: the profile's)")
-    g.addoption("--out", default="out", help="directory for results.json and junit.xml (default out/)")
+    g.addoption("--out", default="out", help="directory for the reports: results.json, junit.xml, report.html, summary.md (default out/)")
+    g.addoption("--history", default=None, metavar="PATH|off",
+                help="SQLite history every run appends its figures to, for trend plots (default "
+                     "OUT/history.sqlite; 'off' keeps none)")
     g.addoption("--baseline-dir", default=str(REPO / "baselines"), help="committed baselines")
     g.addoption("--update-baseline", action="store_true",
                 help="rewrite the baselines from this run (complete, bit-exact runs only); prints old → new")
@@ -141,6 +144,7 @@ class HilSession:
     baseline_lines: list[str] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
     aborted: str | None = None
+    report_notes: list[str] = field(default_factory=list)
 
     # -- setup ------------------------------------------------------------------------------------------
     @classmethod
@@ -486,11 +490,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
             return
         info = {"exitstatus": int(exitstatus), "reference": hil.reference,
                 "records": list(hil.spec.records), "data_dir": str(hil.spec.mitdb_dir), "cwd": os.getcwd()}
-        report.write_results_json(hil.out_dir / "results.json", hil.results, session=info)
+        if int(exitstatus) == pytest.ExitCode.INTERRUPTED:
+            info["partial"] = (f"the session was interrupted after {len(hil.results)} of {len(hil.cases())} "
+                               "model × board runs")
+        facts = manifest.build(hil.results, build_dirs={
+            s.device: hil.options["build_dir"] or REPO / "build" / s.profile.chip for s in hil.slots})
+        report.write_results_json(hil.out_dir / "results.json", hil.results, session=info, manifest=facts)
         report.write_junit(hil.out_dir / "junit.xml", hil.results)
         if hil.candidates:
             report.atomic_write(hil.out_dir / "compare.md", lambda fh: fh.write(
                 compare.markdown(hil.results, hil.candidates).encode("utf-8")))
+        history = session.config.option.history
+        hil.report_notes = htmlreport.finish_run(
+            hil.out_dir, hil.results, manifest=facts, session=info, partial_note=info.get("partial"),
+            history_path=None if (history or "").lower() == "off" else Path(history or hil.out_dir / "history.sqlite"))
         if hil.update_baseline:
             for slot in hil.slots:
                 mine = [r for r in hil.results if r.profile == slot.profile.name and r.model not in hil.candidates]
@@ -512,7 +525,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(line)
     for line in report.format_realtime(hil.results) + report.format_noise(hil.results) + perfrule.lines(hil.results):
         terminalreporter.write_line(line)
-    terminalreporter.write_line(f"results: {hil.out_dir / 'results.json'}   junit: {hil.out_dir / 'junit.xml'}")
+    terminalreporter.write_line(f"results: {hil.out_dir / 'results.json'}   junit: {hil.out_dir / 'junit.xml'}   "
+                                f"report: {hil.out_dir / 'report.html'}   summary: {hil.out_dir / 'summary.md'}")
     gate_lines = [line for r in hil.results if r.model not in hil.candidates for line in gate.summary_lines(r)]
     if gate_lines:
         mode = "strict: not compared fails" if hil.gate_mode == "strict" else "warn: not compared is a warning"
@@ -524,6 +538,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         for line in compare.text(hil.results, hil.candidates).splitlines():
             terminalreporter.write_line(line)
         terminalreporter.write_line(f"paired comparison as Markdown: {hil.out_dir / 'compare.md'}")
+    for note in hil.report_notes:
+        terminalreporter.write_line(note, yellow=True)
     if hil.update_baseline:
         terminalreporter.write_line(f"--update-baseline ({hil.baseline_dir}):")
         for line in hil.baseline_lines or ["nothing written"]:

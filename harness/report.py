@@ -19,7 +19,7 @@ from junitparser import Error, Failure, JUnitXml, Properties, Property, TestCase
 
 from . import __version__
 from .errors import ReportError
-from .results import Result
+from .results import Result, _plain
 
 RESULTS_SCHEMA = 1
 
@@ -76,12 +76,17 @@ def check_writable(folder: str | os.PathLike) -> None:
 
 
 # -- results.json ----------------------------------------------------------------------------------------
-def write_results_json(path: str | os.PathLike, results: Sequence[Result], *, session: dict) -> Path:
-    """Write {"schema", "harness_version", "session", "results"} to `path`, atomically."""
+def write_results_json(path: str | os.PathLike, results: Sequence[Result], *, session: dict,
+                       manifest: dict | None = None) -> Path:
+    """Write {"schema", "harness_version", "session", "manifest", "results"} to `path`, atomically.
+
+    `manifest`: harness/manifest.py's reproducibility manifest (left out when None).
+    """
     document = {
         "schema": RESULTS_SCHEMA,
         "harness_version": __version__,
         "session": session,
+        **({"manifest": _plain(manifest)} if manifest is not None else {}),
         "results": [result.to_dict() for result in results],
     }
 
@@ -205,10 +210,17 @@ LEGEND = ("est. = static cost-model estimate, not measured; host wall time is no
 PARTIAL_NOTE = "* = the run stopped early: its figures cover only the verified beats"
 
 
+TABLE_HEADER = ("model", "device", "bit-exact", "acc", "macro-F1", "p50", "p99", "arena", "beats/s", "status")
+
+
+def summary_cells(results: Sequence[Result]) -> tuple[list[str], list[list[str]]]:
+    """The table's header and cells, shared by the terminal table, summary.md and report.html."""
+    return list(TABLE_HEADER), [_row(result) for result in results]
+
+
 def format_table(results: Sequence[Result]) -> str:
     """One plain-text table, model × device, that fits in 120 columns, with a legend line below."""
-    header = ["model", "device", "bit-exact", "acc", "macro-F1", "p50", "p99", "arena", "beats/s", "status"]
-    rows = [_row(result) for result in results]
+    header, rows = summary_cells(results)
     widths = [max(len(header[i]), *(len(row[i]) for row in rows)) if rows else len(header[i])
               for i in range(len(header))]
     gap = 2
@@ -398,3 +410,65 @@ def _short(value: float | None) -> str:
     if value is None:
         return "–"
     return f"{value:.2f}"[1:] if 0 <= value < 0.995 else f"{value:.1f}"
+
+
+# -- summary.md ------------------------------------------------------------------------------------------
+_GATE_MARK = {"regressed": "❌", "improved": "⬆️", "within_noise": "≈", "not_compared": "–", "pass": "✅"}
+
+
+def format_markdown(results: Sequence[Result], *, partial_note: str | None = None,
+                    links: dict[str, str] | None = None) -> str:
+    """The run's summary as GitHub-flavoured Markdown: headline, table, gate lines, links to the artefacts.
+
+    Short enough for a CI job summary or a pull-request comment: one table row per model × board and one
+    gate line per figure that did not simply pass (regressed, improved, within noise, not compared).
+    """
+    header, rows = summary_cells(results)
+    counts = {s: sum(r.status == s for r in results) for s in ("pass", "fail", "error")}
+    partial = partial_note or ("some runs stopped early" if any(r.partial for r in results) else None)
+    verdict = "✅" if counts["fail"] + counts["error"] == 0 and not partial else "❌"
+    lines = [f"### {verdict} hil-bench: {len(results)} model × board runs — {counts['pass']} pass, "
+             f"{counts['fail']} fail, {counts['error']} error" + (" (partial run)" if partial else ""), ""]
+    if partial:
+        lines += [f"> **Partial run:** {partial}; figures marked * cover only the verified beats.", ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---:" if i in (3, 4, 5, 6, 7, 8) else "---" for i in range(len(header))) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(_md_cell(cell) for cell in row) + " |")
+    lines += ["", LEGEND.replace("\n", "; "), "", "**Gate**", ""]
+    lines += _gate_lines(results)
+    if links:
+        lines += ["", " · ".join(f"[{label}]({href})" for label, href in links.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _gate_lines(results: Sequence[Result]) -> list[str]:
+    out = []
+    for result in results:
+        entries = [g for g in (getattr(result, "gate", None) or []) if isinstance(g, dict)]
+        if entries:
+            shown = [g for g in entries if g.get("outcome") != "pass"]
+            passed = len(entries) - len(shown)
+            out.append(f"- {result.name}: {passed} of {len(entries)} figures pass")
+            for g in shown:
+                mark = _GATE_MARK.get(str(g.get("outcome")), "?")
+                text = g.get("line") or f"{g.get('metric')}: {g.get('old')} → {g.get('new')} ({g.get('outcome')})"
+                out.append(f"  - {mark} {_md_cell(str(text))}")
+        elif result.regressions:
+            out += [f"- ❌ {_md_cell(line)}" for line in result.regressions]
+        elif result.status == "pass":
+            out.append(f"- {result.name}: no regression against the baseline (or no baseline for "
+                       f"{result.profile})")
+        else:
+            out.append(f"- {result.name}: not gated, the run {result.status}ed: {_md_cell(result.failure_line)}")
+    return out or ["- no results"]
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_summary_md(path: str | os.PathLike, results: Sequence[Result], **kwargs) -> Path:
+    """Write `format_markdown(results, **kwargs)` to `path`, atomically."""
+    text = format_markdown(results, **kwargs).encode("utf-8")
+    return atomic_write(path, lambda fh: fh.write(text))

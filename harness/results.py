@@ -9,8 +9,9 @@ Shape of each block (keys absent or None when unknown):
 
 - beats: {"total", "verified", "skipped_edge"}
 - bit_exact: {"exact" (true only when every planned beat was verified and none differed: a partial run is
-  never bit-exact), "summary" (e.g. "bit-exact on 30 of 100 beats, incomplete"), "mismatching_beats", "max_abs_diff", "first_mismatch": {"beat", "record", "sample",
-  "symbol", "output_index", "device", "reference"} | None, "reference", "cross_check": {"reference",
+  never bit-exact), "summary" (e.g. "bit-exact on 30 of 100 beats, incomplete"), "mismatching_beats",
+  "max_abs_diff", "first_mismatch": {"beat", "record", "sample", "symbol", "output_index", "device",
+  "reference", "window": {"start", "end", "channel"}} | None, "reference", "cross_check": {"reference",
   "mismatching_beats", "max_abs_diff", "verdict"} | None, "localisation": localize.Localisation.to_dict()
   (or {"error", "summary"} when it failed), only on a mismatch}
 - accuracy: metrics.classification(...) for classifiers; {"anomaly": metrics.anomaly(...), "mean_error"}
@@ -20,10 +21,14 @@ Shape of each block (keys absent or None when unknown):
   "us": metrics.latency(...), "clock_check": metrics.clock_agreement(...) + {"source"} (beats whose
   cycles ÷ MHz and device wall time disagree beyond the margin: preemption on another core, clock change,
   counter wrap), or {"compared": 0, "reason"} when cycles are not a device counter,
-  "mlperf_tiny": perfrule.windows(...) with --latency-rule mlperf-tiny}
+  "mlperf_tiny": perfrule.windows(...) with --latency-rule mlperf-tiny,
+  "histogram_cycles": metrics.histogram(...) (device cycles only)}
 - host_time: {"source": "host_wall", "invoke_us": metrics.latency(...)}
 - throughput: {"source": "host_wall", "beats_per_s", "wall_s"}
-- memory: {"arena_used_bytes", "arena_size_bytes", "model_bytes"}
+- memory: {"arena_used_bytes", "arena_size_bytes", "model_bytes", "arena_limit_bytes" and "model_max_bytes"
+  (the profile's limits)}
+- per_record: {record: {"beats", "mismatching", "classified", "correct"}} (correct: right class, or for
+  an autoencoder the right normal/abnormal call)
 - link: {"sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames", "resets", "reuploads",
   "recoveries"}
 - realtime (harness/realtime.py): {"source": latency source, "latency_stat": "p99", "latency_s",
@@ -93,6 +98,7 @@ class Result:
     noise: dict = field(default_factory=dict)
     per_beat: dict = field(default_factory=dict)
     gate: list[dict] = field(default_factory=list)
+    per_record: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
