@@ -72,9 +72,42 @@ def verify_flatbuffer(model_data: bytes, where: str = "model") -> None:
     for buf in buffers:  # buffers stored outside the flatbuffer (models > 2 GB) must lie in the file
         if getattr(buf, "offset", 0) and buf.offset + buf.size > len(model_data):
             raise bad
+    _check_constant_buffers(subgraphs, buffers, where, fix)
     # The C++ loader reads names as C strings: a clobbered length or terminator sends it off the buffer.
     if not all(b"\0" not in s and _is_utf8(s) for s in _strings(model)):
         raise bad
+
+
+# Bytes per element of the schema's TensorType codes (schema.fbs) whose constant data is shape x element;
+# strings, resources, variants and packed INT4 are not, and are not checked.
+_ELEMENT_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8, 15: 4, 16: 2, 18: 2}
+_TYPE_NAMES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 8: "complex64",
+               9: "int8", 10: "float64", 11: "complex128", 12: "uint64", 15: "uint32", 16: "uint16", 18: "bfloat16"}
+
+
+def _check_constant_buffers(subgraphs, buffers, where: str, fix: str) -> None:
+    """Every constant tensor's buffer holds exactly shape x element bytes (docs/protocol.md §5.9): TFLM
+    trusts the shape and reads that many bytes, so a short buffer is read past its end on the device. The
+    firmware checks the same before its interpreter sees the model (firmware/main/inference.cc)."""
+    for g, graph in enumerate(subgraphs):
+        for t, tensor in enumerate(graph.tensors or []):
+            index = int(tensor.buffer)
+            buf = buffers[index] if 0 < index < len(buffers) else None
+            have = (len(buf.data) if buf is not None and buf.data is not None else 0) or (
+                int(getattr(buf, "size", 0) or 0) if buf is not None and getattr(buf, "offset", 0) else 0)
+            size = _ELEMENT_BYTES.get(int(tensor.type))
+            if not have or size is None or tensor.sparsity is not None:
+                continue
+            shape = [int(d) for d in (tensor.shape if tensor.shape is not None else [])]
+            need = size
+            for d in shape:
+                need *= max(d, 0)
+            if need != have:
+                name = tensor.name.decode("utf-8", "replace") if isinstance(tensor.name, bytes) else tensor.name
+                dims = "x".join(str(d) for d in shape) or "scalar"
+                raise ModelError(f"{where} is a corrupt TFLite model: subgraph {g} tensor {t} ('{name}', "
+                                 f"{dims} {_TYPE_NAMES.get(int(tensor.type), tensor.type)}) has a {have}-byte "
+                                 f"constant buffer, its shape needs {need} bytes", fix, code="HIL112")
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -442,8 +442,9 @@ class DumpAssembler:
         self.count: int | None = None
         self._meta: dict[int, tuple[int, int, int, int]] = {}  # index → (tensor, op, type, total)
         self._buf: dict[int, bytearray] = {}
-        self._have: dict[int, set[int]] = {}  # index → offsets received
-        self._got: dict[int, int] = {}  # index → bytes received
+        # index → byte ranges received, merged: a tensor is complete when they cover [0, total) (§7.4);
+        # adding up chunk sizes would let a repeated or overlapping chunk stand in for a missing one.
+        self._covered: dict[int, list[tuple[int, int]]] = {}
 
     def add(self, chunk: DumpChunk) -> None:
         if chunk.total > self.max_total or chunk.offset + len(chunk.data) > chunk.total:
@@ -460,17 +461,20 @@ class DumpAssembler:
             raise ProtocolError(f"DUMP_TENSOR {chunk.index} changed its header between chunks",
                                 "reflash the firmware built from this checkout", code="HIL303")
         buf = self._buf.setdefault(chunk.index, bytearray(chunk.total))
-        seen = self._have.setdefault(chunk.index, set())
-        if chunk.offset not in seen:
-            seen.add(chunk.offset)
-            buf[chunk.offset:chunk.offset + len(chunk.data)] = chunk.data
-            self._got[chunk.index] = self._got.get(chunk.index, 0) + len(chunk.data)
+        buf[chunk.offset:chunk.offset + len(chunk.data)] = chunk.data
+        self._covered[chunk.index] = _merge(self._covered.get(chunk.index, []),
+                                            (chunk.offset, chunk.offset + len(chunk.data)))
 
     def complete(self, count: int) -> bool:
         """True when tensors 0..count-1 have all their bytes."""
         if self.count not in (None, count):
             return False
-        return all(i in self._meta and self._got.get(i, 0) >= self._meta[i][3] for i in range(count))
+        return all(i in self._meta and self._covers(i) for i in range(count))
+
+    def _covers(self, index: int) -> bool:
+        total = self._meta[index][3]
+        ranges = self._covered.get(index, [])
+        return total == 0 or (len(ranges) == 1 and ranges[0] == (0, total))
 
     def tensors(self) -> list[DumpedTensor]:
         out = []
@@ -478,6 +482,21 @@ class DumpAssembler:
             tensor, op, ttype, _total = self._meta[i]
             out.append(DumpedTensor(i, tensor, op, ttype, bytes(self._buf[i])))
         return out
+
+
+def _merge(ranges: list[tuple[int, int]], new: tuple[int, int]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping byte ranges with `new` added (touching ranges join)."""
+    if new[0] >= new[1]:
+        return ranges
+    out: list[tuple[int, int]] = []
+    lo, hi = new
+    for a, b in ranges:
+        if b < lo or a > hi:
+            out.append((a, b))
+        else:
+            lo, hi = min(lo, a), max(hi, b)
+    out.append((lo, hi))
+    return sorted(out)
 
 
 def parse_dump_end(payload: bytes) -> int:

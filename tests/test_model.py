@@ -205,6 +205,33 @@ def test_corrupt_and_truncated_files_are_hil112(tmp_path):
     expect_error("HIL112", load_user_model, tmp_path / "text.tflite", sidecar=FIXTURES / "conv_int8.yaml")
 
 
+def short_constant_buffer_model(path: Path) -> Path:
+    """conv_int8 with its first multi-byte constant buffer 4 bytes short of what the tensor's shape needs."""
+    import flatbuffers
+
+    from harness.flatbuf import schema
+
+    fb = schema()
+    data = (FIXTURES / "conv_int8.tflite").read_bytes()
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(data, 0))
+    for tensor in model.subgraphs[0].tensors:
+        buf = model.buffers[tensor.buffer]
+        if buf.data is not None and len(buf.data) > 8:
+            buf.data = buf.data[:-4]
+            break
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
+    return path
+
+
+def test_constant_buffer_shorter_than_its_shape_is_hil112(tmp_path):
+    # Issue 9, bug 7: TFLM trusts the shape and would read past the buffer (docs/protocol.md §5.9).
+    short = short_constant_buffer_model(tmp_path / "short.tflite")
+    err = expect_error("HIL112", load_user_model, short, sidecar=FIXTURES / "conv_int8.yaml")
+    assert "subgraph 0 tensor 1" in err.message and "has a 12-byte constant buffer, its shape needs 16 bytes" in err.message
+
+
 def test_float_io_is_hil111():
     err = expect_error("HIL111", load_user_model, FIXTURES / "float_io.tflite")
     assert "input is float32" in str(err)

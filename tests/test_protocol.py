@@ -93,6 +93,25 @@ def test_golden_dump_chunks_reassemble():
     assert big == bytes((i * 7 + (i >> 8)) & 0xFF for i in range(5000))
 
 
+def test_dump_tensor_is_complete_by_coverage_not_by_byte_count():
+    # Issue 9, bug 7: 150 bytes at 0 and 50 at 50 add up to 200 of 200, but bytes 150..200 never came.
+    parts = protocol.DumpAssembler()
+
+    def chunk(offset, n):
+        return protocol.DumpChunk(0, 1, 3, 0xFFFF, 9, 200, offset, bytes(range(offset, offset + n)))
+
+    parts.add(chunk(0, 150))
+    parts.add(chunk(50, 50))
+    assert not parts.complete(1)
+    parts.add(chunk(0, 150))  # a repeat adds nothing either
+    assert not parts.complete(1)
+    parts.add(chunk(150, 50))
+    assert parts.complete(1) and parts.tensors()[0].data == bytes(range(200))
+    empty = protocol.DumpAssembler()
+    empty.add(protocol.DumpChunk(0, 1, 3, 0, 9, 0, 0, b""))
+    assert empty.complete(1)
+
+
 @pytest.mark.parametrize("name,reason,wire", REJECTED, ids=[r[0] for r in REJECTED])
 def test_golden_rejects_are_dropped_without_a_frame(name, reason, wire):
     raw = bytes.fromhex(wire)

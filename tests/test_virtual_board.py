@@ -130,6 +130,13 @@ def test_unsupported_op_is_named(tmp_path):
             board.ensure_model((FIXTURES / "corrupt.tflite").read_bytes())
         assert "truncated or corrupt" in str(err.value)
         assert board.hello().chip == "virtual"
+        # A constant buffer shorter than its tensor's shape: refused before TFLM reads past it (§5.9).
+        from tests.test_model import short_constant_buffer_model
+
+        with pytest.raises(BoardError) as err:
+            board.ensure_model(short_constant_buffer_model(tmp_path / "short.tflite").read_bytes())
+        assert err.value.device_code == protocol.DeviceErrorCode.LOAD_FAILED
+        assert "12-byte constant buffer, its shape needs 16 bytes" in str(err.value)
 
 
 def test_tiny_arena_reports_both_sizes(tmp_path):

@@ -158,6 +158,64 @@ int check_indices(const tflite::Model *model, char *msg, uint32_t cap)
     return 0;
 }
 
+// Bytes per element of a schema tensor type, 0 for types whose constant size is not shape x element
+// (strings, resources, variants, packed INT4).
+uint32_t element_bytes(tflite::TensorType type)
+{
+    switch (type) {
+    case tflite::TensorType_INT8:
+    case tflite::TensorType_UINT8:
+    case tflite::TensorType_BOOL:
+        return 1;
+    case tflite::TensorType_INT16:
+    case tflite::TensorType_UINT16:
+    case tflite::TensorType_FLOAT16:
+        return 2;
+    case tflite::TensorType_INT32:
+    case tflite::TensorType_UINT32:
+    case tflite::TensorType_FLOAT32:
+        return 4;
+    case tflite::TensorType_INT64:
+    case tflite::TensorType_UINT64:
+    case tflite::TensorType_FLOAT64:
+        return 8;
+    default:
+        return 0;
+    }
+}
+
+// docs/protocol.md §5.9: TFLM trusts a constant tensor's buffer to hold shape x element bytes and reads
+// that many; a shorter buffer would be read past its end. Refuse the model, naming the tensor.
+int check_constant_buffers(const tflite::Model *model, char *msg, uint32_t cap)
+{
+    const auto *buffers = model->buffers();
+    const auto *subgraphs = model->subgraphs();
+    for (uint32_t g = 0; g < subgraphs->size(); ++g) {
+        const auto *tensors = subgraphs->Get(g)->tensors();
+        for (uint32_t t = 0; tensors != nullptr && t < tensors->size(); ++t) {
+            const tflite::Tensor *tensor = tensors->Get(t);
+            const tflite::Buffer *buffer = buffers->Get(tensor->buffer());
+            const uint32_t have = buffer != nullptr && buffer->data() != nullptr ? buffer->data()->size() : 0;
+            const uint32_t element = element_bytes(tensor->type());
+            if (have == 0 || element == 0 || tensor->sparsity() != nullptr) {
+                continue;  // not a constant, or a layout whose size is not shape x element
+            }
+            uint64_t need = element;
+            const auto *shape = tensor->shape();
+            for (uint32_t d = 0; shape != nullptr && d < shape->size(); ++d) {
+                need *= shape->Get(d) >= 0 ? static_cast<uint64_t>(shape->Get(d)) : 0u;
+            }
+            if (need != have) {
+                say(msg, cap, "subgraph %u tensor %u has a %u-byte constant buffer, its shape needs %llu bytes",
+                    static_cast<unsigned>(g), static_cast<unsigned>(t), static_cast<unsigned>(have),
+                    static_cast<unsigned long long>(need));
+                return HIL_E_LOAD_FAILED;
+            }
+        }
+    }
+    return 0;
+}
+
 // AllocateTensors failed in the reserved arena. Measure what the model needs with a probe arena taken
 // from the largest free block, so the message can say how much to reserve; the probe is freed at once.
 // A plain heap_caps_malloc of exactly that block: TLSF rounds "largest" down to its size class, so an
@@ -259,6 +317,9 @@ extern "C" int inference_load(const uint8_t *model_data, uint32_t size, hil_mode
         return HIL_E_LOAD_FAILED;
     }
     int rc = check_indices(model, msg, msg_cap);
+    if (rc == 0) {
+        rc = check_constant_buffers(model, msg, msg_cap);
+    }
     if (rc == 0) {
         rc = check_ops(model, msg, msg_cap);
     }
