@@ -206,6 +206,7 @@ TABLE_WIDTH = 120
 LEGEND = ("est. = static cost-model estimate, not measured; host wall time is not device latency\n"
           "p50/p99 unmarked = device cycles ÷ CPU MHz; beats/s = host wall time; "
           "✗ n = n beats differ from the reference\n"
+          "(timer) = the device's own µs timer (MLPerf Tiny's m-lap-us laps)\n"
           "n/m part = bit-exact on the n beats verified of m, run incomplete (never counted as bit-exact)")
 PARTIAL_NOTE = "* = the run stopped early: its figures cover only the verified beats"
 
@@ -310,6 +311,8 @@ def _latency_cell(result: Result, stat: str) -> str:
     if value is None:
         return "–"
     text = f"{value:,.0f} µs" if value >= 100 else f"{value:.1f} µs"
+    if result.latency_source == "device_timer":
+        return text + " (timer)"
     return text + " (est.)" if result.latency_source == "static_estimate" else text
 
 

@@ -233,3 +233,13 @@ def test_plugin_runs_accuracy_then_performance_mode_with_a_short_window(tmp_path
     from harness import realtime
 
     assert result["realtime"]["link"]["wire_bytes"] == realtime.mlperf_wire_bytes(187)
+
+
+def test_table_marks_a_device_timer_latency():
+    from harness import report
+    from harness.results import Result
+
+    result = Result(model="m", device="d", profile="virtual",
+                    latency={"source": "device_timer", "us": {"median": 4142.0, "p99": 4143.0}})
+    row = next(line for line in report.format_table([result]).splitlines() if line.startswith("m "))
+    assert "4,142 µs (timer)" in row and "(est.)" not in row
