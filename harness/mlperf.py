@@ -213,9 +213,9 @@ class MlperfBoard:
         self._settle()
         name = None
         lines = self.command("name")
-        for _ in range(attempts):
+        for attempt in range(attempts):
             name = next((m for m in map(_NAME.match, lines) if m), None)
-            if name:
+            if name or attempt == attempts - 1:
                 break
             # A device just reset prints start-up lines ending in m-ready: that was not the answer to
             # `name`, so the answer is still on its way (sending `name` again would put us one reply behind).
