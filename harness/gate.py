@@ -311,11 +311,12 @@ def _compare_accuracy(name: str, old: Side, new: Side, tol: dict, sig: dict, old
         if paired is None:
             reason = "unpaired (no per-beat data): tolerance only"
         else:
-            reason = None if paired["unit"] == "records" else f"bootstrap over {paired['unit']}"
+            unit = paired["units"].get(metric)
+            reason = None if unit in (None, "records") else f"bootstrap over {unit}"
             if outcome == "within_noise":
                 reason = "; ".join(filter(None, [reason, "the change could be chance"]))
         out.append(Outcome(name, metric, outcome, o, n, limit, "≥", p_value=p_value, ci95=ci, reason=reason,
-                           ci_unit=None if ci is None else paired["unit"]))
+                           ci_unit=None if ci is None else paired["units"].get(metric)))
     return out
 
 
@@ -358,16 +359,35 @@ def _paired(old: Side, new: Side, sig: dict) -> dict | None:
     n_records = int(records.max()) + 1 if len(records) else 0
     k = len(labels)
     opts = {"resamples": int(sig["resamples"]), "seed": int(sig["seed"])}
-    unit = "records"
     if n_records >= stats.MIN_RECORDS:
-        ci = stats.paired_bootstrap(stats.confusion_by_record(true, old_pred, records, n_records, k),
-                                    stats.confusion_by_record(true, new_pred, records, n_records, k),
+        old_conf = stats.confusion_by_record(true, old_pred, records, n_records, k)
+        ci = stats.paired_bootstrap(old_conf, stats.confusion_by_record(true, new_pred, records, n_records, k),
                                     old.task, labels, **opts)
+        units = {metric: "records" for metric in ci}
+        with_support = (old_conf.sum(axis=2) > 0).sum(axis=0)  # records holding each class
+        few = [metric for metric, interval in ci.items()
+               if interval is None or _records_with(metric, old.task, labels, with_support, n_records)
+               < stats.MIN_CLASS_RECORDS]
+        if few:
+            # A class present in a few records only: most record resamples lack it, so resample its beats.
+            by_beats = stats.paired_bootstrap_beats(true, old_pred, new_pred, old.task, labels, **opts)
+            for metric in few:
+                ci[metric] = by_beats.get(metric)
+                units[metric] = "beats (the class is in too few records)"
     else:
-        unit = f"beats (only {n_records} record{'s' if n_records != 1 else ''})"
         ci = stats.paired_bootstrap_beats(true, old_pred, new_pred, old.task, labels, **opts)
+        units = dict.fromkeys(ci, f"beats (only {n_records} record{'s' if n_records != 1 else ''})")
     return {"p_value": stats.mcnemar_exact(only_old, only_new), "ci": ci, "discordant": (only_old, only_new),
-            "unit": unit}
+            "units": units}
+
+
+def _records_with(metric: str, task: str, labels: list[str], with_support: np.ndarray, n_records: int) -> int:
+    """How many records hold the class a figure's interval rests on (all records for accuracy, macro-F1)."""
+    if task == "autoencoder" and metric in ("se", "sp", "ppv", "f1"):
+        return int(with_support[0 if metric == "sp" else 1])
+    if metric.startswith(("se_", "ppv_")):
+        return int(with_support[labels.index(metric.split("_", 1)[1])])
+    return n_records
 
 
 def _beat_set_text(side: Side) -> str:

@@ -24,6 +24,9 @@ DEFAULT_RESAMPLES = 1000
 # records give 10): the gate then resamples beats, which understates the uncertainty (beats of one patient
 # are correlated), and says so in the outcome's reason.
 MIN_RECORDS = 10
+# A class found in fewer records than this has no between-record spread to estimate: its figures resample
+# beats even when the run has many records.
+MIN_CLASS_RECORDS = 5
 DEFAULT_SEED = 20240  # fixed: the same runs always get the same interval, so the gate is reproducible
 EXCLUDED_FROM_MACRO = ("Q",)  # AAMI: macro-F1 over N, S, V, F; Q (unclassifiable) is too rare to judge
 

@@ -272,6 +272,21 @@ def test_many_records_bootstrap_records(tmp_path):
     assert got["se_S"].ci95[0] <= got["se_S"].delta <= got["se_S"].ci95[1] < 0
 
 
+def test_a_class_in_one_record_of_many_falls_back_to_beats(tmp_path):
+    records = tuple((str(100 + i), 300) for i in range(12))
+    true = truth(records=records)
+    true = np.where(true == 3, 0, true)
+    true[:40] = 3                        # F only in the first record
+    pred = predictions(true, accuracy=0.95)
+    path = tmp_path / "virtual.json"
+    gate.update_baseline(path, [make_result(true, pred, records=records)])
+    never_f = np.where(pred == 3, 0, pred)
+    got = outcomes(make_result(true, never_f, records=records), gate.load_baseline(path))
+    assert got["se_F"].outcome == "regressed", got["se_F"].line()
+    assert got["se_F"].reason == "bootstrap over beats (the class is in too few records)"
+    assert got["se_N"].ci_unit == "records"
+
+
 def test_single_record_runs_bootstrap_beats_and_say_so(tmp_path):
     records = (("232", 2000),)
     true = truth(records=records)
