@@ -122,7 +122,7 @@ def _fmt(metric: str, value: Any, signed: bool = False) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return value
-    if is_accuracy_figure(metric.split(" ")[0]) or metric == "accuracy figures":
+    if is_accuracy_figure(metric.split(" ")[0]) or metric == "accuracy_figures":
         return f"{value:+.4f}" if signed else f"{value:.4f}"
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and "bytes" in metric):
         return f"{int(value):+d}" if signed else str(int(value))
@@ -282,7 +282,7 @@ def _compare_accuracy(name: str, old: Side, new: Side, tol: dict, sig: dict, old
         reason = (f"other beat set: {old_label} {_beat_set_text(old)}, this run {_beat_set_text(new)}"
                   if old.fingerprint and new.fingerprint else
                   f"no beat-set fingerprint in {'this run' if old.fingerprint else old_label}")
-        return [Outcome(name, ",".join(metrics) if len(metrics) <= 3 else "accuracy figures", "not_compared",
+        return [Outcome(name, ",".join(metrics) if len(metrics) <= 3 else "accuracy_figures", "not_compared",
                         reason=reason, fix=f"run over the {old_label}'s beats, or {fix}")]
 
     paired = _paired(old, new, sig)
@@ -522,14 +522,14 @@ def compare_candidate(candidate: Result, committed: Result | None, *, alpha: flo
     """A candidate model against the committed one, run in the same session over the same beats."""
     name = candidate.name
     if committed is None:
-        return [Outcome(name, "committed model", "not_compared",
+        return [Outcome(name, "committed_model", "not_compared",
                         reason="the committed model did not run on this board", fix="run both in one session")]
     significance = dict(DEFAULT_SIGNIFICANCE)
     if alpha is not None:
         significance["alpha"] = alpha
     old = side_of_result(committed)
     if not old.complete:
-        return [Outcome(name, "committed model", "not_compared",
+        return [Outcome(name, "committed_model", "not_compared",
                         reason=f"the committed model's run is incomplete ({committed.bit_exact_summary})",
                         fix="run again")]
     return compare(name, old, side_of_result(candidate), tolerances, significance, old_label="committed model",
@@ -782,7 +782,7 @@ def changes(old: dict | None, new: dict, name: str) -> list[str]:
     new_sha = new["provenance"].get("model_sha256") or ""
     if old_sha != new_sha:
         lines.append(f"{name}: model sha256 {old_sha[:12]} → {new_sha[:12]}")
-    return lines or [f"{name}: unchanged"]
+    return lines or [f"{name}: figures unchanged (provenance updated)"]
 
 
 def update_baseline(path: str | os.PathLike, results: list[Result]) -> tuple[list[str], list[str]]:
