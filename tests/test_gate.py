@@ -402,7 +402,8 @@ def test_the_committed_baseline_loads_and_covers_every_shipped_model():
     loaded = gate.load_baseline(gate.Path(__file__).resolve().parent.parent / "baselines" / "virtual.json")
     for model in load_registry():
         entry = loaded.models[model.name].raw
-        assert entry["per_beat"] and entry["beat_set"]["fingerprint"], model.name
+        assert entry["beat_set"]["fingerprint"] and entry["task"] == model.task, model.name
+        assert bool(entry["per_beat"]) == (model.task != "conformance"), model.name  # conformance: no labels
         assert entry["provenance"]["model_sha256"] == model.sha256, f"{model.name}: baseline is stale"
 
 
