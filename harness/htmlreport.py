@@ -110,29 +110,39 @@ def gate_entries(result: Result) -> list[dict]:
     return [g for g in entries if isinstance(g, dict)] if isinstance(entries, list) else []
 
 
+_OUTCOMES = ("pass", "improved", "within_noise", "regressed", "not_compared")
+
+
 def _gate_section(results: Sequence[Result]) -> str:
-    rows = []
-    fallback = []
+    """Per run one line of outcome counts and its non-pass lines; every compared figure folded below."""
+    summary, detail, fallback = [], [], []
     for result in results:
         entries = gate_entries(result)
-        for g in entries:
-            outcome = str(g.get("outcome", "?"))
-            ci = g.get("ci95")
-            rows.append([result.name, g.get("metric"), outcome, _fmt(g.get("old")), _fmt(g.get("new")),
-                         _fmt(g.get("limit")), _fmt(g.get("p_value")),
-                         f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "–",
-                         g.get("reason") or g.get("line") or ""])
         if not entries:
             fallback.append((result.name, list(result.regressions)))
+            continue
+        counts = [sum(g.get("outcome") == outcome for g in entries) for outcome in _OUTCOMES]
+        notable = "<br>".join(f"<span class='{_GATE_CLASS.get(str(g.get('outcome')), '')}'>{_e(g.get('line') or '')}"
+                              "</span>" for g in entries if g.get("outcome") != "pass")
+        summary.append(f"<tr><td>{_e(result.name)}</td>" + "".join(
+            f"<td class='{_GATE_CLASS[o] if n and o != 'pass' else ''}'>{n}</td>" for o, n in zip(_OUTCOMES, counts))
+            + f"<td class='small'>{notable or 'every figure passes'}</td></tr>")
+        for g in entries:
+            ci = g.get("ci95")
+            cls = _GATE_CLASS.get(str(g.get("outcome")), "")
+            cells = [result.name, g.get("metric"), g.get("outcome"), _fmt(g.get("old")), _fmt(g.get("new")),
+                     _fmt(g.get("limit")), _fmt(g.get("p_value")),
+                     f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "–",
+                     g.get("reason") or ""]
+            detail.append("<tr>" + "".join(f"<td class='{cls}'>{_e(c)}</td>" if i == 2 else f"<td>{_e(c)}</td>"
+                                           for i, c in enumerate(cells)) + "</tr>")
     out = ""
-    if rows:
-        out += ("<table class='gate'><tr><th>run</th><th>metric</th><th>outcome</th><th>old</th><th>new</th>"
-                "<th>limit</th><th>p</th><th>95 % CI</th><th>why</th></tr>")
-        for row in rows:
-            cls = _GATE_CLASS.get(row[2], "")
-            out += ("<tr>" + "".join(f"<td class='{cls}'>{_e(c)}</td>" if i == 2 else f"<td>{_e(c)}</td>"
-                                     for i, c in enumerate(row)) + "</tr>")
-        out += "</table>"
+    if summary:
+        out += ("<table class='gate'><tr><th>run</th>" + "".join(f"<th>{o.replace('_', ' ')}</th>" for o in _OUTCOMES)
+                + "<th>every outcome that is not a plain pass</th></tr>" + "".join(summary) + "</table>")
+        out += (f"<details><summary>every compared figure ({len(detail)})</summary><table class='gate'><tr>"
+                "<th>run</th><th>metric</th><th>outcome</th><th>old</th><th>new</th><th>limit</th><th>p</th>"
+                "<th>95 % CI</th><th>why</th></tr>" + "".join(detail) + "</table></details>")
     if fallback:
         out += "<ul>"
         for name, lines in fallback:
@@ -177,6 +187,8 @@ def _facts_table(result: Result) -> str:
     else:
         exact = (f"✗ {be.get('mismatching_beats')} beats differ from {ref_text} (max |diff| "
                  f"{be.get('max_abs_diff')})")
+    if be.get("summary") and result.partial:
+        exact += f" ({be['summary']})"  # e.g. "bit-exact on 30 of 100 beats, incomplete"
     rows.append(("bit-exact", exact))
     cross = be.get("cross_check") or {}
     if cross.get("verdict"):
@@ -492,7 +504,8 @@ def _pareto_plot(plt, results: Sequence[Result]) -> str | None:
 
 
 def _per_record_plot(plt, results: Sequence[Result]) -> str | None:
-    runs = [r for r in results if r.per_record]
+    # conformance models classify nothing: their bit-exactness is their whole verdict
+    runs = [r for r in results if any((c or {}).get("classified") for c in (r.per_record or {}).values())]
     if not runs:
         return None
     records = sorted({name for r in runs for name in r.per_record}, key=lambda n: (len(n), n))

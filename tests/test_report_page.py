@@ -229,6 +229,7 @@ def test_gate_outcomes_are_shown_when_the_gate_records_them():
                                         "reason": None, "line": "accuracy 0.9 → 0.8"}])
     page = htmlreport.render([result])
     assert "<td class='bad'>regressed</td>" in page and "[-0.12, -0.08]" in page and "0.001" in page
+    assert "<span class='bad'>accuracy 0.9 → 0.8</span>" in page  # the run's line of non-pass outcomes
 
 
 def test_page_for_five_models_stays_under_2_mb():
