@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 MITDB  ?= ../shared/mitdb
 
-.PHONY: system-packages hil-board board-idle ci-summary idf-version report bench test bench-full bench-speed bench-noise bench-protocols bench-gate lib models model models-smoke clean fuzz fuzz-smoke soak
+.PHONY: conformance system-packages hil-board board-idle ci-summary idf-version report bench test bench-full bench-speed bench-noise bench-protocols bench-gate lib models model models-smoke clean fuzz fuzz-smoke soak
 
 $(VENV)/.installed: pyproject.toml
 	@echo "== setting up $(VENV): hil-bench and its test dependencies from PyPI (about a minute the first time)"
@@ -26,6 +26,14 @@ lib: $(VENV)/.installed
 ## The main job: every shipped model on the virtual board over the bundled MIT-BIH records.
 bench: $(VENV)/.installed
 	$(PYTEST) tests/hil --device virtual --out out
+
+## The protocol conformance suite against a board (docs/conformance.md): DEVICE=/dev/ttyUSB0 [BAUD=921600]
+## [TARGET=profile for the baud, default esp32s3]; without DEVICE (or with auto) it starts a virtual board, as
+## make test does.
+CONFORMANCE_PORT = $(filter-out auto,$(DEVICE))
+conformance: $(VENV)/.installed
+	$(PYTEST) tests/conformance $(if $(CONFORMANCE_PORT),--device $(CONFORMANCE_PORT) --target $(TARGET)) \
+		$(if $(BAUD),--baud $(BAUD))
 
 ## Render out/report.html and out/summary.md again from out/results.json, with trend plots per model ×
 ## profile from out/history.sqlite (every run appends to it). OUT=dir for another run's output directory.
