@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .gate import _fmt
+from .gate import format_value
 from .results import Result
 
 
@@ -48,9 +48,10 @@ def _rows(outcomes: Sequence[dict]) -> list[list[str]]:
         ci = o.get("ci95")
         p = o.get("p_value")
         rows.append([
-            metric, _fmt(metric, old), _fmt(metric, new),
-            "" if delta is None else _fmt(metric, delta, signed=True),
-            "" if not ci else f"[{_fmt(metric, ci[0], signed=True)}, {_fmt(metric, ci[1], signed=True)}]",
+            metric, format_value(metric, old), format_value(metric, new),
+            "" if delta is None else format_value(metric, delta, signed=True),
+            "" if not ci else
+            f"[{format_value(metric, ci[0], signed=True)}, {format_value(metric, ci[1], signed=True)}]",
             "" if p is None else f"{p:.2g}",
             str(o.get("outcome")),
         ])

@@ -95,18 +95,19 @@ class Outcome:
             return text + (f" -- fix: {self.fix}" if self.fix else "")
         parts = []
         if self.delta is not None and self.delta != 0 and not self.metric.startswith("bit_exact"):
-            parts.append(f"Δ {_fmt(self.metric, self.delta, signed=True)}")
+            parts.append(f"Δ {format_value(self.metric, self.delta, signed=True)}")
         if self.ci95 is not None:
-            parts.append(f"95% CI [{_fmt(self.metric, self.ci95[0], signed=True)}, "
-                         f"{_fmt(self.metric, self.ci95[1], signed=True)}]")
+            parts.append(f"95% CI [{format_value(self.metric, self.ci95[0], signed=True)}, "
+                         f"{format_value(self.metric, self.ci95[1], signed=True)}]")
         if self.p_value is not None:
             parts.append(f"McNemar p {self.p_value:.2g}")
         if self.limit is not None:
-            parts.append(f"limit {self.relation} {_fmt(self.metric, self.limit)}")
+            parts.append(f"limit {self.relation} {format_value(self.metric, self.limit)}")
         if self.reason:
             parts.append(self.reason)
         detail = f" ({'; '.join(parts)})" if parts else ""
-        return f"{head} {_fmt(self.metric, self.old)} → {_fmt(self.metric, self.new)}{detail}: {self.outcome}"
+        old, new = format_value(self.metric, self.old), format_value(self.metric, self.new)
+        return f"{head} {old} → {new}{detail}: {self.outcome}"
 
     def to_dict(self) -> dict:
         return {"metric": self.metric, "outcome": self.outcome, "old": self.old, "new": self.new,
@@ -115,7 +116,8 @@ class Outcome:
                 "reason": self.reason, "fix": self.fix, "ci_unit": self.ci_unit, "line": self.line()}
 
 
-def _fmt(metric: str, value: Any, signed: bool = False) -> str:
+def format_value(metric: str, value: Any, signed: bool = False) -> str:
+    """A figure as the gate prints it: ratios to 4 decimals, bytes as integers, µs to 0.1, None as missing."""
     if value is None:
         return "missing"
     if isinstance(value, bool):
@@ -774,7 +776,7 @@ def changes(old: dict | None, new: dict, name: str) -> list[str]:
     for key in list(of) + [k for k in nf if k not in of]:
         a, b = of.get(key), nf.get(key)
         if a != b:
-            lines.append(f"{name}: {key} {_fmt(key, a)} → {_fmt(key, b)}")
+            lines.append(f"{name}: {key} {format_value(key, a)} → {format_value(key, b)}")
     if (old.get("beat_set") or {}).get("fingerprint") != (new.get("beat_set") or {}).get("fingerprint"):
         lines.append(f"{name}: beat set {((old.get('beat_set') or {}).get('fingerprint') or '?')[:12]} → "
                      f"{((new.get('beat_set') or {}).get('fingerprint') or '?')[:12]}")
