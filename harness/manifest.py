@@ -53,8 +53,8 @@ def build(results: Sequence[Result], *, build_dirs: Mapping[str, str | Path | No
                 references[ref["name"]] = {"version": ref.get("version"), "kernels": ref.get("kernels")}
         beat_set = prov.get("beat_set")
         if isinstance(beat_set, dict):
-            beat_sets[result.name] = {"fingerprint": beat_set.get("fingerprint"), "beats": beat_set.get("beats"),
-                                      "records": beat_set.get("records")}
+            beat_sets[result.name] = {key: beat_set.get(key) for key in ("fingerprint", "beats", "records", "version")
+                                      if key in beat_set}
         for name in prov.get("records") or ():
             if str(name) not in records:
                 records.append(str(name))
