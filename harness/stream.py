@@ -27,7 +27,6 @@ from .protocol import DeviceError, DeviceErrorCode, Frame, Inference, MsgType, e
 
 REPEAT_HISTORY = 64   # seqs the device remembers for the RESULT repeat flag (HIL_REPEAT_HISTORY, §6.2)
 MAX_RECOVERIES = 3    # HELLO recoveries in a row without a new result before the stream gives up
-RECENT_SEQS = 2 * REPEAT_HISTORY  # a RESULT this far behind the newest seq sent is a late duplicate
 STRAY_LIMIT = 16      # frames with seqs never sent, per stream, before HIL308 (§11.2)
 V1_RX_BUFFER = 16384  # what the host assumes a v1.0 board buffers (§6.6)
 
