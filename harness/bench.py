@@ -49,6 +49,8 @@ class BenchSpec:
     noise: noise.NoiseMix | None = None    # --noise: every pass streams the noisy beats
     sweep: noise.SweepSpec | None = None   # --noise-sweep: clean pass, then one pass per noise and SNR
     baud: int | None = None                # --baud when given; the real-time margin uses it over the profile's
+    per_op_beat: int | None = 0            # --per-op-beat: the beat whose per-op cycles are asked (None: none)
+    health: bool = True                    # ask the board's health (STATS) before and after the run
 
 
 @dataclass
@@ -60,6 +62,8 @@ class _Tally:
     max_abs_diff: int = 0
     first_mismatch: dict | None = None
     first_mismatch_input: bytes | None = None  # that beat's input bytes, for the per-layer dump
+    profile_beat: int | None = None  # the beat whose input is kept for OP_PROFILE
+    profile_input: bytes | None = None
     cross_mismatching: int = 0
     cross_max_abs_diff: int = 0
     refs_disagree: int = 0
@@ -111,7 +115,7 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     (`_sweep`); with `spec.noise` the one pass streams the noisy beats.
     """
     started = _now()
-    tally = _Tally()
+    tally = _Tally(profile_beat=spec.per_op_beat)
     result = Result(model=model.name, device=device, profile=profile.name, task=model.task)
     result.provenance.update({
         "model_sha256": model.sha256, "model_path": str(model.path), "model_source": model.source,
@@ -159,6 +163,7 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
             total, planned = _plan(model, spec)
         result.beats["total"] = total
         result.provenance["beat_set"] = planned.to_dict()
+        health_before = _ask_health(board, hello, spec)
         t0 = time.perf_counter()  # throughput counts streaming only, not the model upload
         if model.task == "conformance":
             _stream_seeded(board, model, x, reference, cross_reference, tally, link, device, on_progress, t0)
@@ -166,6 +171,10 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
             skipped_edge = _stream(board, model, spec, spec.noise, reference, cross_reference, tally, link,
                                    total, device, model.name, on_progress)
         result.status = "pass"
+        wall_s = time.perf_counter() - t0
+        result.health = _health_block(health_before, _ask_health(board, hello, spec), hello)
+        result.per_op = _per_op(board, model, hello, tally)
+        t0 = time.perf_counter() - wall_s  # throughput keeps counting the stream alone
     except HarnessError as err:
         result.status = "error"
         result.partial = True
@@ -427,6 +436,73 @@ def _threshold(points: list[dict], clean: float | None, metric: str) -> dict:
     return out
 
 
+def _speaks_hil(board, hello) -> bool:
+    return hello is not None and str(getattr(hello, "protocol", "hil")).startswith("hil") and hasattr(board, "stats")
+
+
+def _ask_health(board: Board, hello, spec: BenchSpec):
+    """STATS now (docs/protocol.md §13): a protocol.Health, or a note why there is none. Never raises for a
+    firmware without STATS; the run's verdict does not depend on it."""
+    if not spec.health or not _speaks_hil(board, hello):
+        return "not asked" if not spec.health else "the board does not speak the HIL protocol"
+    try:
+        return board.stats()
+    except HarnessError as err:
+        if getattr(err, "device_code", None) == 8:  # UNKNOWN_TYPE: firmware older than the STATS addition
+            return "the firmware has no STATS request (older than this harness): reflash it for health figures"
+        raise
+
+
+def _health_block(before, after, hello) -> dict:
+    """Result.health (CONTRACTS): the figures before and after the stream, labelled by who measured them."""
+    if isinstance(before, str) or isinstance(after, str):
+        return {"source": None, "note": before if isinstance(before, str) else after}
+    out = {
+        "source": after.source,
+        "stack_high_water_bytes": after.stack_high_water,
+        "stack_size_bytes": after.stack_size,
+        "heap_internal_free_before": before.heap_internal_free,
+        "heap_internal_free_after": after.heap_internal_free,
+        "heap_internal_min_free": after.heap_internal_min_free,
+        "psram_free_before": before.psram_free,
+        "psram_free_after": after.psram_free,
+        "arena_used_bytes": after.arena_used,
+        "arena_size_bytes": after.arena_size,
+    }
+    if after.source == "virtual board":
+        out["note"] = ("the virtual board's own figures: no task stack to measure (None); heap = its profile's RAM "
+                       "budget minus the arena, not measured; arena_used is TFLM's on the 64-bit host")
+    return out
+
+
+def _per_op(board: Board, model: Model, hello, tally: _Tally) -> dict:
+    """Result.per_op for the chosen beat (OP_PROFILE), or a note why there is none; never the verdict."""
+    from . import perop
+
+    if tally.profile_beat is None:
+        return {}
+    base = {"source": None, "beat": tally.profile_beat, "ops": []}
+    if not _speaks_hil(board, hello):
+        return {**base, "note": "the board does not speak the HIL protocol: no per-op timing"}
+    if tally.profile_input is None:
+        return {**base, "note": f"the run has no beat {tally.profile_beat}"}
+    try:
+        times = board.op_profile(tally.profile_input)
+    except HarnessError as err:
+        if getattr(err, "device_code", None) == 8:
+            return {**base, "note": "the firmware has no OP_PROFILE request (older than this harness): reflash it"}
+        return {**base, "error": str(err)}
+    if hello.timing_source == "device_cycles":
+        label = f"device cycles ({hello.chip}, {hello.kernel_mode} kernels), CPU counter around each kernel"
+    else:
+        label = (f"{hello.chip} board: the cost model's estimate per op ({hello.timing_source}), not measured")
+    try:
+        return perop.table(model.data, times, timing_source=hello.timing_source, beat=tally.profile_beat,
+                           cpu_mhz=hello.cpu_mhz, label=label)
+    except ValueError as exc:
+        return {**base, "error": str(exc)}
+
+
 def _localise(board: Board, model: Model, hello, x: bytes | None, reference: str = localize.REFERENCE) -> dict:
     """Dump the first mismatching beat on the board and name the first diverging op (harness/localize.py).
 
@@ -455,6 +531,8 @@ def _ref_info(ref: Reference | None) -> dict | None:
 def _compare(tally: _Tally, model: Model, beat: data.Beat, index: int, inference, expected: np.ndarray,
              cross: np.ndarray | None, x: np.ndarray) -> None:
     out = np.frombuffer(inference.output, dtype=np.int8)
+    if index == tally.profile_beat:
+        tally.profile_input = x.tobytes()
     tally.verified += 1
     rec = tally.per_record.setdefault(beat.record, {"beats": 0, "mismatching": 0, "classified": 0, "correct": 0})
     rec["beats"] += 1

@@ -313,6 +313,20 @@ class Board:
                        resend_every_s=self.timeout_s * 2)
         self.last_hello = None
 
+    def op_profile(self, input: bytes) -> protocol.OpTimes:  # noqa: A002 - the model's input tensor
+        """Cycles per op of one inference of `input` (OP_PROFILE, docs/protocol.md §12). A device without it
+        answers UNKNOWN_TYPE: BoardError with device_code 8."""
+        budget = self.timeout_s * 2
+        frame = self._exchange(MsgType.OP_PROFILE, protocol.op_profile(input), MsgType.OP_TIMES,
+                               budget_s=budget, resend_every_s=budget / 2)
+        return protocol.OpTimes.parse(frame.payload)
+
+    def stats(self) -> protocol.Health:
+        """The device's health figures now (STATS, docs/protocol.md §13); UNKNOWN_TYPE on older firmware."""
+        frame = self._exchange(MsgType.STATS, protocol.stats(), MsgType.STATS_ACK, budget_s=self.timeout_s,
+                               resend_every_s=self.timeout_s / 3)
+        return protocol.Health.parse(frame.payload)
+
     def dump(self, input: bytes) -> list[DumpedTensor]:  # noqa: A002 - the model's input tensor
         """Run one inference keeping every intermediate tensor (DUMP): the input and each op's outputs, in
         execution order. Frames lost on the way make the whole DUMP be asked again (it is a pure function

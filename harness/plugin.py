@@ -71,6 +71,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="keep reference outputs on disk, keyed by model, input bytes and interpreter version "
                      "(default $HIL_REFERENCE_CACHE or ~/.cache/hil-bench/reference; 'off' recomputes)")
     g.addoption("--warmup", type=int, default=10, help="beats left out of latency statistics")
+    g.addoption("--per-op-beat", default="0", metavar="N|none",
+                help="the beat (0-based in the run) whose per-op cycles the board reports (OP_PROFILE) into "
+                     "results.json per_op; 'none' to skip (default 0)")
     g.addoption("--window", type=int, default=None, help="INFER frames in flight (default: the profile's)")
     g.addoption("--out", default="out", help="directory for the reports: results.json, junit.xml, report.html, summary.md (default out/)")
     g.addoption("--history", default=None, metavar="PATH|off",
@@ -194,7 +197,8 @@ class HilSession:
             gate.load_baseline(baseline_dir / f"{slot.profile.name}.json")
         return cls(models=models, slots=slots,
                    spec=bench.BenchSpec(mitdb_dir=mitdb, records=records, warmup=opt.warmup,
-                                        max_beats=opt.max_beats, noise=mix, sweep=sweep, baud=opt.baud),
+                                        max_beats=opt.max_beats, noise=mix, sweep=sweep, baud=opt.baud,
+                                        per_op_beat=_per_op_beat(opt.per_op_beat)),
                    reference=opt.reference, out_dir=out_dir, baseline_dir=baseline_dir,
                    update_baseline=opt.update_baseline, reference_cache=cache,
                    gate_mode=opt.gate_mode, gate_alpha=opt.gate_alpha, candidates=candidates,
@@ -320,6 +324,18 @@ class HilSession:
             # Noisy beats are not the beats a baseline was taken on (their fingerprint differs): the accuracy
             # figures come out not_compared, which a --noise run reports but never fails on.
             gate.apply(result, outcomes, mode="warn" if self.spec.noise else self.gate_mode)
+
+
+def _per_op_beat(text: str) -> int | None:
+    if str(text).lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"--per-op-beat '{text}' is not a beat number", "give 0, 1, ... or 'none'", code="HIL103")
+    return value
 
 
 def _parse_window(text: str) -> dict:

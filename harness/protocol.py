@@ -36,6 +36,8 @@ class MsgType(IntEnum):
     INFER = 0x20
     RESET = 0x30
     DUMP = 0x40
+    OP_PROFILE = 0x50  # v1.1 addition (§12)
+    STATS = 0x51       # v1.1 addition (§13)
     HELLO_ACK = 0x81
     MODEL_BEGIN_ACK = 0x90
     CHUNK_ACK = 0x91
@@ -44,6 +46,8 @@ class MsgType(IntEnum):
     DUMP_TENSOR = 0xA1
     DUMP_END = 0xA2
     RESET_ACK = 0xB0
+    OP_TIMES = 0xC0
+    STATS_ACK = 0xC1
     NAK = 0xE0
     ERROR = 0xEE
 
@@ -562,3 +566,81 @@ def nak(reason: int) -> bytes:
 
 def dump_end(count: int) -> bytes:
     return struct.pack("<H", count)
+
+
+# OP_PROFILE → OP_TIMES (§12) and STATS → STATS_ACK (§13), v1.1 additions.
+
+_OP_TIMES_HEAD = struct.Struct("<HHQ")
+_OP_TIME = struct.Struct("<HHI")
+UNKNOWN_U32 = 0xFFFFFFFF
+HEALTH_SOURCES = {0: "device", 1: "virtual board"}
+
+
+@dataclass
+class OpTime:
+    index: int
+    builtin: int  # TFLite BuiltinOperator code
+    cycles: int
+
+
+@dataclass
+class OpTimes:
+    """OP_TIMES: each op's cycles for one inference, in execution order, and the whole invoke's."""
+
+    invoke_cycles: int
+    ops: list[OpTime]
+
+    @classmethod
+    def parse(cls, payload: bytes) -> OpTimes:
+        _need(payload, _OP_TIMES_HEAD.size, "OP_TIMES")
+        count, _reserved, cycles = _OP_TIMES_HEAD.unpack_from(payload)
+        _need(payload, _OP_TIMES_HEAD.size + count * _OP_TIME.size, "OP_TIMES")
+        ops = [OpTime(*_OP_TIME.unpack_from(payload, _OP_TIMES_HEAD.size + i * _OP_TIME.size)) for i in range(count)]
+        return cls(cycles, ops)
+
+    def pack(self) -> bytes:
+        return _OP_TIMES_HEAD.pack(len(self.ops), 0, self.invoke_cycles) + b"".join(
+            _OP_TIME.pack(op.index, op.builtin, op.cycles) for op in self.ops)
+
+
+_STATS = struct.Struct("<B3xIIIIIII")
+
+
+def _known(value: int) -> int | None:
+    return None if value == UNKNOWN_U32 else value
+
+
+@dataclass
+class Health:
+    """STATS_ACK: the device's health figures now. None where the device cannot measure one."""
+
+    source: str  # "device" | "virtual board"
+    stack_high_water: int | None  # bytes of the bench task's stack never used so far
+    stack_size: int | None
+    heap_internal_free: int | None
+    heap_internal_min_free: int | None
+    psram_free: int | None
+    arena_used: int
+    arena_size: int
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Health:
+        _need(payload, _STATS.size, "STATS_ACK")
+        source, stack, stack_size, heap, heap_min, psram, used, size = _STATS.unpack_from(payload)
+        return cls(HEALTH_SOURCES.get(source, f"unknown({source})"), _known(stack), _known(stack_size),
+                   _known(heap), _known(heap_min), _known(psram), used, size)
+
+    def pack(self) -> bytes:
+        def raw(v):
+            return UNKNOWN_U32 if v is None else v
+        return _STATS.pack(_code_of(HEALTH_SOURCES, self.source), raw(self.stack_high_water), raw(self.stack_size),
+                           raw(self.heap_internal_free), raw(self.heap_internal_min_free), raw(self.psram_free),
+                           self.arena_used, self.arena_size)
+
+
+def op_profile(input: bytes) -> bytes:  # noqa: A002 - the tensor is the model's input
+    return bytes(input)
+
+
+def stats() -> bytes:
+    return b""

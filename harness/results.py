@@ -29,6 +29,14 @@ Shape of each block (keys absent or None when unknown):
   (the profile's limits)}
 - per_record: {record: {"beats", "mismatching", "classified", "correct"}} (correct: right class, or for
   an autoencoder the right normal/abnormal call)
+- per_op (harness/perop.py, one beat's OP_PROFILE): {"source": "device_cycles" | "static_estimate", "beat",
+  "label", "invoke_cycles", "ops_cycles", "cpu_mhz", "ops": [{"index", "op", "shapes": {"in", "out"},
+  "macs", "cycles", "share"}]}; {"note"} or {"error"} when the board cannot say
+- health (STATS before and after the stream): {"source": "device" | "virtual board", "stack_high_water_bytes",
+  "stack_size_bytes", "heap_internal_free_before", "heap_internal_free_after", "heap_internal_min_free",
+  "psram_free_before", "psram_free_after", "arena_used_bytes", "arena_size_bytes", "note"}
+- kernels (harness/kernels.py, --kernels both): {"builds": {"esp-nn": {...}, "reference": {...}}, "speedup":
+  {"source", "overall", "ci95", "paired_beats", "per_op": [...]}, "note"}
 - link: {"sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames", "resets", "reuploads",
   "recoveries"}
 - realtime (harness/realtime.py): {"source": latency source, "latency_stat": "p99", "latency_s",
@@ -99,6 +107,9 @@ class Result:
     per_beat: dict = field(default_factory=dict)
     gate: list[dict] = field(default_factory=list)
     per_record: dict = field(default_factory=dict)
+    per_op: dict = field(default_factory=dict)   # harness/perop.py table for one beat (CONTRACTS)
+    health: dict = field(default_factory=dict)   # STATS before/after the run (CONTRACTS)
+    kernels: dict = field(default_factory=dict)  # esp-nn vs reference side by side (harness/kernels.py)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -257,6 +268,20 @@ class Result:
             out[key] = self.memory.get(key)
         for key, value in self.link.items():
             out[f"link_{key}"] = value
+        health = self.health or {}
+        if health.get("source"):
+            out["health_source"] = health["source"]
+            for key in ("stack_high_water_bytes", "heap_internal_free_before", "heap_internal_free_after",
+                        "psram_free_before", "psram_free_after"):
+                out[f"health_{key}"] = health.get(key)
+        if (self.per_op or {}).get("ops"):
+            out["per_op_source"] = self.per_op.get("source")
+            out["per_op_beat"] = self.per_op.get("beat")
+            top = max(self.per_op["ops"], key=lambda op: op.get("cycles") or 0)
+            out[f"per_op_top_{self.per_op.get('source')}"] = f"#{top['index']} {top['op']} {top.get('share', 0):.0%}"
+        speed = (self.kernels or {}).get("speedup") or {}
+        if speed.get("overall") is not None:
+            out[f"kernels_speedup_{speed.get('source')}"] = speed["overall"]
 
         prov = self.provenance
         for key in ("model_sha256", "model_path", "data_dir", "harness_version", "python", "started_at",

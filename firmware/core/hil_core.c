@@ -653,6 +653,99 @@ static void on_dump(hil_core_t *core, uint16_t seq, const uint8_t *pl, uint32_t 
     send_frame(core, HIL_T_DUMP_END, seq, 2);
 }
 
+/* ---- OP_PROFILE: per-op cycles of one inference (docs/protocol.md §12) ---- */
+
+typedef struct {
+    hil_core_t *core;
+    uint32_t count;
+} op_sink_t;
+
+/* Packs each op's record straight into the OP_TIMES payload after its 12-byte header. */
+static int op_sink(void *sink_ctx, uint16_t op_index, uint16_t builtin_code, uint32_t cycles)
+{
+    op_sink_t *s = (op_sink_t *)sink_ctx;
+    uint8_t *p;
+
+    if (s->count >= HIL_MAX_OP_TIMES) {
+        s->count = HIL_MAX_OP_TIMES + 1u; /* remembered: the answer becomes an error */
+        return -1;
+    }
+    p = tx_payload(s->core) + HIL_OP_TIMES_HEADER_BYTES + s->count * HIL_OP_TIME_BYTES;
+    put_u16(p, op_index);
+    put_u16(p + 2, builtin_code);
+    put_u32(p + 4, cycles);
+    s->count++;
+    return 0;
+}
+
+static void on_op_profile(hil_core_t *core, uint16_t seq, const uint8_t *pl, uint32_t n)
+{
+    const hil_port_t *port = core->port;
+    char msg[HIL_MSG_MAX + 1u];
+    uint64_t cycles = 0;
+    op_sink_t sink;
+    uint8_t *p;
+    int rc;
+    text_t t;
+
+    if (!input_acceptable(core, seq, HIL_T_OP_PROFILE, n)) {
+        return;
+    }
+    sink.core = core;
+    sink.count = 0;
+    msg[0] = '\0';
+    rc = port->profile(port->ctx, pl, n, op_sink, &sink, &cycles, msg, (uint32_t)sizeof msg);
+    if (rc == 0 && sink.count > HIL_MAX_OP_TIMES) {
+        t = start_text(core);
+        text_add(&t, "model has more than ");
+        text_add_u32(&t, HIL_MAX_OP_TIMES);
+        text_add(&t, " ops, more than one OP_TIMES frame carries");
+        send_error_in_place(core, seq, HIL_T_OP_PROFILE, HIL_E_INVOKE_FAILED);
+        return;
+    }
+    if (rc != 0) {
+        uint16_t code = (rc > 0 && rc <= HIL_E_ARENA_TOO_SMALL) ? (uint16_t)rc : (uint16_t)HIL_E_INVOKE_FAILED;
+        msg[HIL_MSG_MAX] = '\0';
+        send_error(core, seq, HIL_T_OP_PROFILE, code, msg[0] != '\0' ? msg : "profile failed (platform gave no reason)");
+        return;
+    }
+    p = tx_payload(core);
+    put_u16(p, (uint16_t)sink.count);
+    put_u16(p + 2, 0);
+    put_u64(p + 4, cycles);
+    send_frame(core, HIL_T_OP_TIMES, seq, HIL_OP_TIMES_HEADER_BYTES + sink.count * HIL_OP_TIME_BYTES);
+}
+
+/* ---- STATS: device health (docs/protocol.md §13) ---- */
+
+#define STATS_ACK_BYTES 32u
+
+static void on_stats(hil_core_t *core, uint16_t seq)
+{
+    const hil_port_t *port = core->port;
+    hil_health_t h;
+    uint8_t *p;
+
+    memset(&h, 0, sizeof h);
+    h.stack_high_water = h.stack_size = HIL_UNKNOWN_U32;
+    h.heap_internal_free = h.heap_internal_min_free = h.psram_free = HIL_UNKNOWN_U32;
+    if (port->health(port->ctx, &h) != 0) {
+        send_error(core, seq, HIL_T_STATS, HIL_E_INVOKE_FAILED, "platform could not read its health figures");
+        return;
+    }
+    p = tx_payload(core);
+    memset(p, 0, STATS_ACK_BYTES);
+    p[0] = h.source;
+    put_u32(p + 4, h.stack_high_water);
+    put_u32(p + 8, h.stack_size);
+    put_u32(p + 12, h.heap_internal_free);
+    put_u32(p + 16, h.heap_internal_min_free);
+    put_u32(p + 20, h.psram_free);
+    put_u32(p + 24, core->model_state == HIL_MODEL_LOADED ? core->model.arena_used : 0u);
+    put_u32(p + 28, port->info.arena_size);
+    send_frame(core, HIL_T_STATS_ACK, seq, STATS_ACK_BYTES);
+}
+
 /* Returns 1 when the platform was reset and the caller must not touch the core or the input any more. */
 static int dispatch(hil_core_t *core, uint8_t type, uint16_t seq, const uint8_t *pl, uint32_t n)
 {
@@ -681,6 +774,18 @@ static int dispatch(hil_core_t *core, uint8_t type, uint16_t seq, const uint8_t 
         }
         on_dump(core, seq, pl, n);
         return 0;
+    case HIL_T_OP_PROFILE:
+        if (port->profile == NULL) {
+            break;
+        }
+        on_op_profile(core, seq, pl, n);
+        return 0;
+    case HIL_T_STATS:
+        if (port->health == NULL) {
+            break;
+        }
+        on_stats(core, seq);
+        return 0;
     case HIL_T_RESET:
         send_empty(core, HIL_T_RESET_ACK, seq);
         /* Bytes after RESET would be lost on a real board too, so they are dropped even without a hook. */
@@ -694,7 +799,10 @@ static int dispatch(hil_core_t *core, uint8_t type, uint16_t seq, const uint8_t 
     t = start_text(core);
     text_add(&t, "request type 0x");
     text_add_hex8(&t, type);
-    text_add(&t, type == HIL_T_DUMP ? " (DUMP) is not supported by this firmware" : " is unknown");
+    text_add(&t, type == HIL_T_DUMP ? " (DUMP) is not supported by this firmware"
+                 : type == HIL_T_OP_PROFILE ? " (OP_PROFILE) is not supported by this firmware"
+                 : type == HIL_T_STATS ? " (STATS) is not supported by this firmware"
+                                       : " is unknown");
     send_error_in_place(core, seq, type, HIL_E_UNKNOWN_TYPE);
     return 0;
 }

@@ -35,6 +35,8 @@ enum {
     HIL_T_INFER = 0x20,
     HIL_T_RESET = 0x30,
     HIL_T_DUMP = 0x40,
+    HIL_T_OP_PROFILE = 0x50, /* v1.1 addition: per-op cycles of one inference (docs/protocol.md §12) */
+    HIL_T_STATS = 0x51,      /* v1.1 addition: device health (docs/protocol.md §13) */
     HIL_T_HELLO_ACK = 0x81,
     HIL_T_MODEL_BEGIN_ACK = 0x90,
     HIL_T_CHUNK_ACK = 0x91,
@@ -43,6 +45,8 @@ enum {
     HIL_T_DUMP_TENSOR = 0xA1,
     HIL_T_DUMP_END = 0xA2,
     HIL_T_RESET_ACK = 0xB0,
+    HIL_T_OP_TIMES = 0xC0,
+    HIL_T_STATS_ACK = 0xC1,
     HIL_T_NAK = 0xE0,
     HIL_T_ERROR = 0xEE
 };
@@ -116,6 +120,27 @@ typedef struct {
 /* Returns 0 when the tensor went out; nonzero (out of order, count changed) means stop dumping. */
 typedef int (*hil_dump_sink_t)(void *sink_ctx, const hil_dump_tensor_t *tensor);
 
+/* OP_PROFILE (docs/protocol.md §12): the platform's profile hook hands each op's cycles, in execution
+ * order, to the core's sink, which packs them into one OP_TIMES frame. */
+#define HIL_OP_TIMES_HEADER_BYTES 12u /* count u16, reserved u16, invoke cycles u64 */
+#define HIL_OP_TIME_BYTES 8u          /* op_index u16, builtin u16, cycles u32 */
+#define HIL_MAX_OP_TIMES ((HIL_MAX_PAYLOAD - HIL_OP_TIMES_HEADER_BYTES) / HIL_OP_TIME_BYTES)
+
+/* Returns 0 when the op was recorded; nonzero (more than HIL_MAX_OP_TIMES) means stop. */
+typedef int (*hil_op_sink_t)(void *sink_ctx, uint16_t op_index, uint16_t builtin_code, uint32_t cycles);
+
+/* STATS (docs/protocol.md §13): health figures the platform measures. HIL_UNKNOWN_U32 where it cannot. */
+#define HIL_UNKNOWN_U32 0xFFFFFFFFu
+enum { HIL_HEALTH_DEVICE = 0, HIL_HEALTH_VIRTUAL = 1 };
+typedef struct {
+    uint8_t source;                  /* HIL_HEALTH_*: measured on the device, or the virtual board's own */
+    uint32_t stack_high_water;       /* bytes of the bench task's stack never used so far */
+    uint32_t stack_size;             /* bytes of the bench task's stack */
+    uint32_t heap_internal_free;     /* free internal RAM heap now */
+    uint32_t heap_internal_min_free; /* lowest free internal heap since boot */
+    uint32_t psram_free;             /* free PSRAM heap now (0 without PSRAM) */
+} hil_health_t;
+
 /*
  * Platform hooks. Every int-returning hook returns 0 on success. Hooks get `ctx` back unchanged.
  * model_load and invoke return a HIL_E_* code on failure and may write a message (NUL-terminated) into msg.
@@ -144,6 +169,14 @@ typedef struct {
      * May be NULL (DUMP is then refused as UNKNOWN_TYPE). Kept last so the fields above keep their offsets. */
     int (*dump)(void *ctx, const uint8_t *input, uint32_t input_len, hil_dump_sink_t sink, void *sink_ctx,
                 char *msg, uint32_t msg_cap);
+    /* OP_PROFILE: run one inference on `input` and pass each op's cycles, in execution order, to
+     * sink(sink_ctx, ...); *cycles = the whole invoke, as RESULT's. 0, or HIL_E_* with a message. May be
+     * NULL (OP_PROFILE is then refused as UNKNOWN_TYPE). */
+    int (*profile)(void *ctx, const uint8_t *input, uint32_t input_len, hil_op_sink_t sink, void *sink_ctx,
+                   uint64_t *cycles, char *msg, uint32_t msg_cap);
+    /* STATS: fill the health figures (the core adds the arena's). May be NULL (STATS refused). Added after
+     * dump, so the fields above keep their offsets. */
+    int (*health)(void *ctx, hil_health_t *out);
 } hil_port_t;
 
 typedef struct {

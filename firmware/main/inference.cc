@@ -18,6 +18,7 @@
 #include "tensorflow/lite/micro/memory_helpers.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+#include "tensorflow/lite/micro/micro_profiler_interface.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 #include "tensorflow/lite/schema/schema_utils.h"
 
@@ -407,11 +408,11 @@ extern "C" int inference_invoke(const uint8_t *input, uint32_t input_len, uint8_
 namespace {
 
 // Builds the interpreter for s_model in place; preserve = keep every tensor (TFLM then plans no buffer
-// sharing, so the model needs more arena).
-bool build_interpreter(bool preserve)
+// sharing, so the model needs more arena); profiler = called around every op's invoke (OP_PROFILE).
+bool build_interpreter(bool preserve, tflite::MicroProfilerInterface *profiler = nullptr)
 {
     s_interpreter = new (s_interpreter_storage)
-        tflite::MicroInterpreter(s_model, s_resolver, s_arena, s_arena_size, nullptr, nullptr, preserve);
+        tflite::MicroInterpreter(s_model, s_resolver, s_arena, s_arena_size, nullptr, profiler, preserve);
     if (s_interpreter->AllocateTensors() != kTfLiteOk) {
         inference_unload();
         return false;
@@ -508,6 +509,105 @@ extern "C" int inference_dump(const uint8_t *input, uint32_t input_len, hil_dump
     }
     if (!build_interpreter(false) && rc == 0) {
         say(msg, msg_cap, "the model no longer loads after DUMP");
+        rc = HIL_E_LOAD_FAILED;
+    }
+    return rc;
+}
+
+// ---- OP_PROFILE: cycles per op of one inference (docs/protocol.md §12) ----
+
+namespace {
+
+// TFLM opens one profiler event around each op's invoke, in execution order (MicroInterpreterGraph), so
+// event i is op i of the (single) subgraph. Cycles are the same per-core counter RESULT uses; the
+// profiler's own two counter reads per op are inside the figure, a few dozen cycles.
+class CycleProfiler : public tflite::MicroProfilerInterface {
+public:
+    uint32_t BeginEvent(const char *) override
+    {
+        if (count_ < HIL_MAX_OP_TIMES) {
+            start_[count_] = esp_cpu_get_cycle_count();
+        }
+        return count_++;
+    }
+
+    void EndEvent(uint32_t handle) override
+    {
+        const esp_cpu_cycle_count_t now = esp_cpu_get_cycle_count();
+        if (handle < HIL_MAX_OP_TIMES) {
+            cycles_[handle] = static_cast<uint32_t>(static_cast<esp_cpu_cycle_count_t>(now - start_[handle]));
+        }
+    }
+
+    void reset() { count_ = 0; }
+    uint32_t count() const { return count_; }
+    uint32_t cycles(uint32_t i) const { return cycles_[i]; }
+
+private:
+    uint32_t count_ = 0;
+    esp_cpu_cycle_count_t start_[HIL_MAX_OP_TIMES] = {};
+    uint32_t cycles_[HIL_MAX_OP_TIMES] = {};
+};
+
+CycleProfiler s_profiler;
+
+// Runs the input on the profiling interpreter and hands op i's cycles to the sink.
+int profile_and_send(const uint8_t *input, uint32_t input_len, hil_op_sink_t sink, void *sink_ctx, uint64_t *cycles,
+                     char *msg, uint32_t msg_cap)
+{
+    const int in_rc = set_input(input, input_len, msg, msg_cap);
+    if (in_rc != 0) {
+        return in_rc;
+    }
+    s_profiler.reset();
+    const esp_cpu_cycle_count_t start = esp_cpu_get_cycle_count();
+    const TfLiteStatus status = s_interpreter->Invoke();
+    const esp_cpu_cycle_count_t end = esp_cpu_get_cycle_count();
+    *cycles = static_cast<esp_cpu_cycle_count_t>(end - start);
+    if (status != kTfLiteOk) {
+        say(msg, msg_cap, "Invoke() failed during OP_PROFILE");
+        return HIL_E_INVOKE_FAILED;
+    }
+    const auto *ops = s_model->subgraphs()->Get(0)->operators();
+    const uint32_t n_ops = ops != nullptr ? ops->size() : 0;
+    if (s_profiler.count() != n_ops) {
+        say(msg, msg_cap, "the profiler saw %u events for %u ops (a model with several subgraphs?)",
+            static_cast<unsigned>(s_profiler.count()), static_cast<unsigned>(n_ops));
+        return HIL_E_INVOKE_FAILED;
+    }
+    for (uint32_t i = 0; i < n_ops; ++i) {
+        const tflite::OperatorCode *code = s_model->operator_codes()->Get(ops->Get(i)->opcode_index());
+        if (sink(sink_ctx, static_cast<uint16_t>(i), static_cast<uint16_t>(tflite::GetBuiltinCode(code)),
+                 s_profiler.cycles(i)) != 0) {
+            say(msg, msg_cap, "model has %u ops, more than OP_TIMES carries", static_cast<unsigned>(n_ops));
+            return HIL_E_INVOKE_FAILED;
+        }
+    }
+    return 0;
+}
+
+}  // namespace
+
+extern "C" int inference_profile(const uint8_t *input, uint32_t input_len, hil_op_sink_t sink, void *sink_ctx,
+                                 uint64_t *cycles, char *msg, uint32_t msg_cap)
+{
+    if (s_interpreter == nullptr || s_model == nullptr) {
+        say(msg, msg_cap, "no model loaded");
+        return HIL_E_BAD_STATE;
+    }
+    // As for DUMP: the profiling interpreter exists only for this request, so INFER never pays for the
+    // profiler's calls; the normal one is rebuilt after.
+    s_interpreter->~MicroInterpreter();
+    int rc;
+    if (!build_interpreter(false, &s_profiler)) {
+        say(msg, msg_cap, "the model no longer loads with the profiler attached");
+        rc = HIL_E_LOAD_FAILED;
+    } else {
+        rc = profile_and_send(input, input_len, sink, sink_ctx, cycles, msg, msg_cap);
+        s_interpreter->~MicroInterpreter();
+    }
+    if (!build_interpreter(false) && rc == 0) {
+        say(msg, msg_cap, "the model no longer loads after OP_PROFILE");
         rc = HIL_E_LOAD_FAILED;
     }
     return rc;

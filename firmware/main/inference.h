@@ -32,6 +32,10 @@ void inference_unload(void);
 int inference_dump(const uint8_t *input, uint32_t input_len, hil_dump_sink_t sink, void *sink_ctx, char *msg,
                    uint32_t msg_cap);
 
+/* OP_PROFILE: run the input with TFLM's profiler hook attached and pass each op's cycles to sink. */
+int inference_profile(const uint8_t *input, uint32_t input_len, hil_op_sink_t sink, void *sink_ctx, uint64_t *cycles,
+                      char *msg, uint32_t msg_cap);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,6 +9,7 @@
 
 #include "sdkconfig.h"
 #include "esp_err.h"
+#include "esp_heap_caps.h"
 #include "esp_system.h"
 #include "esp_timer.h"
 #include "freertos/FreeRTOS.h"
@@ -182,6 +183,29 @@ int hook_dump(void *, const uint8_t *input, uint32_t input_len, hil_dump_sink_t 
     return inference_dump(input, input_len, sink, sink_ctx, msg, cap);
 }
 
+int hook_profile(void *, const uint8_t *input, uint32_t input_len, hil_op_sink_t sink, void *sink_ctx,
+                 uint64_t *cycles, char *msg, uint32_t cap)
+{
+    return inference_profile(input, input_len, sink, sink_ctx, cycles, msg, cap);
+}
+
+// STATS runs on the bench task (the core is fed there), so the stack figure is that task's own.
+int hook_health(void *, hil_health_t *out)
+{
+    out->source = HIL_HEALTH_DEVICE;
+    // ESP-IDF's FreeRTOS counts stacks in bytes (StackType_t is uint8_t).
+    out->stack_high_water = static_cast<uint32_t>(uxTaskGetStackHighWaterMark(nullptr));
+    out->stack_size = CONFIG_HIL_TASK_STACK_SIZE;
+    out->heap_internal_free = static_cast<uint32_t>(heap_caps_get_free_size(MALLOC_CAP_INTERNAL));
+    out->heap_internal_min_free = static_cast<uint32_t>(heap_caps_get_minimum_free_size(MALLOC_CAP_INTERNAL));
+#if CONFIG_SPIRAM
+    out->psram_free = static_cast<uint32_t>(heap_caps_get_free_size(MALLOC_CAP_SPIRAM));
+#else
+    out->psram_free = 0;
+#endif
+    return 0;
+}
+
 uint64_t hook_clock_ns(void *)
 {
     // esp_timer counts microseconds since boot.
@@ -228,6 +252,8 @@ extern "C" const hil_port_t *port_esp_init(void)
     s_port.clock_ns = hook_clock_ns;
     s_port.reset = hook_reset;
     s_port.dump = hook_dump;
+    s_port.profile = hook_profile;
+    s_port.health = hook_health;
     return &s_port;
 }
 

@@ -34,8 +34,10 @@ class VirtualBoardError(LinkError):
 class VirtualBoard:
     def __init__(self, profile: str | os.PathLike = "virtual", *, store_dir: str | os.PathLike | None = None,
                  throttle_baud: int | None = None, tcp: bool = False, faults=(), hello=(), api: str = "hil",
-                 model: str | os.PathLike | None = None, model_id: str | None = None):
+                 model: str | os.PathLike | None = None, model_id: str | None = None,
+                 cost_profile: str | None = None):
         self.profile = str(profile)
+        self.cost_profile = cost_profile  # estimate cycles with another profile's cost constants
         self.api = api  # "hil": the C device core; "mlperf-tiny": a virtual MLPerf Tiny device running `model`
         self.model = Path(model) if model is not None else None
         self.model_id = model_id
@@ -61,6 +63,8 @@ class VirtualBoard:
             cmd += ["--fault", fault]
         for field in self.hello:
             cmd += ["--hello", field]
+        if self.cost_profile:
+            cmd += ["--cost-profile", str(self.cost_profile)]
         if self.api != "hil":
             cmd += ["--api", self.api]
             if self.model is not None:

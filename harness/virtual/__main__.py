@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="mlperf-tiny: the .tflite the device runs (as if compiled into its firmware)")
     parser.add_argument("--model-id", default=None,
                         help="mlperf-tiny: the id it prints as m-model-[ID] (default hb-<sha256 prefix>)")
+    parser.add_argument("--cost-profile", default=None, metavar="PROFILE",
+                        help="estimate cycles (RESULT and OP_PROFILE) with this profile's cost constants instead of "
+                             "--profile's, e.g. esp32s3 for ESP-NN on an LX7 (kernels side by side); outputs are "
+                             "still computed by TFLM's reference kernels")
     parser.add_argument("--exit-on-stdin-eof", action="store_true",
                         help="stop when stdin is closed (used when a harness starts the board)")
     return parser.parse_args(argv)
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             store = Path(tmp.name)
         from .server import Server
 
-        platform = Platform(profile, store, faults, board_switches, hello=hello)
+        cost_profile = load_profile(args.cost_profile) if args.cost_profile else None
+        platform = Platform(profile, store, faults, board_switches, hello=hello, cost_profile=cost_profile)
         core = None
         if mlperf:
             from .mlperf_device import MlperfDevice

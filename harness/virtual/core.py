@@ -139,6 +139,25 @@ DUMP = ctypes.CFUNCTYPE(ctypes.c_int, _vp, _vp, _u32, _vp, _vp, _vp, _u32)
 DUMP_INPUT_OP = 0xFFFF
 
 
+# OP_PROFILE (hil_op_sink_t, profile hook) and STATS (hil_health_t, health hook): docs/protocol.md §12-13.
+OP_SINK = ctypes.CFUNCTYPE(ctypes.c_int, _vp, ctypes.c_uint16, ctypes.c_uint16, _u32)
+PROFILE = ctypes.CFUNCTYPE(ctypes.c_int, _vp, _vp, _u32, _vp, _vp, _vp, _vp, _u32)
+UNKNOWN_U32 = 0xFFFFFFFF
+HEALTH_VIRTUAL = 1
+
+
+class Health(ctypes.Structure):
+    _fields_ = [("source", ctypes.c_uint8),
+                ("stack_high_water", _u32),
+                ("stack_size", _u32),
+                ("heap_internal_free", _u32),
+                ("heap_internal_min_free", _u32),
+                ("psram_free", _u32)]
+
+
+HEALTH = ctypes.CFUNCTYPE(ctypes.c_int, _vp, ctypes.POINTER(Health))
+
+
 class Port(ctypes.Structure):
     _fields_ = [("ctx", _vp),
                 ("info", DeviceInfo),
@@ -152,12 +171,15 @@ class Port(ctypes.Structure):
                 ("invoke", INVOKE),
                 ("clock_ns", CLOCK_NS),
                 ("reset", RESET),
-                ("dump", DUMP)]  # last in hil_port_t, like in hil_core.h
+                ("dump", DUMP),
+                ("profile", PROFILE),
+                ("health", HEALTH)]  # last in hil_port_t, like in hil_core.h
 
 
 HOOKS = {"write": WRITE, "store_begin": STORE_BEGIN, "store_write": STORE_WRITE, "store_data": STORE_DATA,
          "store_commit": STORE_COMMIT, "store_committed": STORE_COMMITTED, "model_load": MODEL_LOAD,
-         "invoke": INVOKE, "clock_ns": CLOCK_NS, "reset": RESET, "dump": DUMP}
+         "invoke": INVOKE, "clock_ns": CLOCK_NS, "reset": RESET, "dump": DUMP, "profile": PROFILE,
+         "health": HEALTH}
 
 
 def load_library() -> ctypes.CDLL:

@@ -235,8 +235,12 @@ class Platform:
     """
 
     def __init__(self, profile: Profile, store_dir: Path, faults: list[Fault] = (), switches=(),
-                 hello: dict | None = None):
+                 hello: dict | None = None, cost_profile: Profile | None = None):
         self.profile = profile
+        # Whose cost constants the cycle estimates use: the profile's own (reference kernels), or another
+        # board's (--cost-profile esp32s3: ESP-NN on an LX7), for the kernels side-by-side run.
+        self.cost_profile = cost_profile or profile
+        self._op_costs: list[tuple[int, int, int]] = []  # (op index, builtin code, estimated cycles)
         self.hello = dict(hello or {})  # HELLO fields reported instead of the profile's (--hello)
         self.store = ModelStore(store_dir, profile.model_max_bytes)
         self.outbox: list[bytes] = []
@@ -271,7 +275,8 @@ class Platform:
         return {"write": self._write, "store_begin": self._store_begin, "store_write": self._store_write,
                 "store_data": self._store_data, "store_commit": self._store_commit,
                 "store_committed": self._store_committed, "model_load": self._model_load,
-                "invoke": self._invoke, "clock_ns": _clock_ns, "reset": self._reset, "dump": self._dump}
+                "invoke": self._invoke, "clock_ns": _clock_ns, "reset": self._reset, "dump": self._dump,
+                "profile": self._profile, "health": self._health}
 
     # -- hooks ----------------------------------------------------------------------------------------
     # Every hook catches everything: an exception escaping a ctypes callback is printed and turned into
@@ -361,6 +366,37 @@ class Platform:
         _memmove(cycles_p, self._cycles_le, 8)
         return 0
 
+    def _profile(self, _ctx, inp, in_len, sink, sink_ctx, cycles_p, msg, msg_cap):
+        """OP_PROFILE: the inference really runs (so a bad input fails as on a board); the per-op cycles are
+        the cost model's estimates for cost_profile, as HELLO's timing_source (static estimate) says."""
+        if self._set_input is None:
+            _put_msg(msg, msg_cap, "no interpreter (model not loaded)")
+            return hil.E_INVOKE_FAILED
+        try:
+            self._set_input(_frombuffer(_string_at(inp, in_len), self._in_dtype).reshape(self._in_shape), 0)
+            self._run()
+            emit = hil.OP_SINK(sink)
+            for index, code, cycles in self._op_costs:
+                if emit(sink_ctx, index, code, min(cycles, 0xFFFFFFFF)) != 0:
+                    _put_msg(msg, msg_cap, f"the core refused op {index}")
+                    return hil.E_INVOKE_FAILED
+        except Exception as exc:  # noqa: BLE001
+            _put_msg(msg, msg_cap, f"TFLM profile failed: {type(exc).__name__}: {exc}")
+            return hil.E_INVOKE_FAILED
+        _memmove(cycles_p, self._cycles_le, 8)
+        return 0
+
+    def _health(self, _ctx, out_p):
+        """STATS: the virtual board's own figures. It has no task stack to measure (unknown), and its heap
+        figures are the profile's RAM budget minus the arena, not a measurement; the host labels them."""
+        out = out_p[0]
+        out.source = hil.HEALTH_VIRTUAL
+        out.stack_high_water = out.stack_size = hil.UNKNOWN_U32
+        budget = max(self.profile.ram_bytes - self.profile.arena_bytes, 0)
+        out.heap_internal_free = out.heap_internal_min_free = budget
+        out.psram_free = self.profile.psram_bytes
+        return 0
+
     def _reset(self, _ctx):
         self.reset_requested = True
 
@@ -386,7 +422,10 @@ class Platform:
         details = interp.get_input_details(0)
         self._in_shape = tuple(int(d) for d in details["shape"])
         self._in_dtype = np.dtype(details["dtype"])
-        self._cycles = int(round(estimate(data, self.profile).cycles))
+        cost = estimate(data, self.cost_profile)
+        self._cycles = int(round(cost.cycles))
+        codes = _builtin_codes(data)
+        self._op_costs = [(c.index, codes[c.index], int(c.cycles)) for c in cost.per_op]
         self._cycles_le = self._cycles.to_bytes(8, "little")
         self._interp = interp
         self._model_data = data  # the interpreter may point into these bytes rather than copy them
@@ -451,6 +490,20 @@ class Platform:
             _put_msg(msg, msg_cap, f"TFLM dump failed: {type(exc).__name__}: {exc}")
             return hil.E_INVOKE_FAILED
         return 0
+
+
+def _builtin_codes(data: bytes) -> list[int]:
+    """The builtin operator code of every op of the model's first subgraph, in execution order."""
+    from ..model import _schema
+
+    schema = _schema()
+    model = schema.Model.GetRootAsModel(data, 0)
+    graph = model.Subgraphs(0)
+    out = []
+    for i in range(graph.OperatorsLength()):
+        code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
+        out.append(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+    return out
 
 
 _string_at = ctypes.string_at

@@ -125,6 +125,14 @@ VECTORS += [
     ("nak_version", 0xE0, 0xFFFF, bytes([3])),
     # nak_crc (reason 4) is above
 ]
+# v1.1 additions (§12 OP_PROFILE/OP_TIMES, §13 STATS/STATS_ACK).
+VECTORS += [
+    ("op_profile", 0x50, 11, DUMP_INPUT),
+    ("op_times", 0xC0, 11, struct.pack("<HHQ", 3, 0, 994278) + struct.pack("<HHI", 0, 22, 4122)
+     + struct.pack("<HHI", 1, 3, 74808) + struct.pack("<HHI", 2, 17, 7464)),
+    ("stats", 0x51, 12, b""),
+    ("stats_ack", 0xC1, 12, struct.pack("<B3xIIIIIII", 0, 2048, 12288, 201_344, 187_000, 8_126_464, 6352, 131072)),
+]
 VECTORS += [(f"error_{ERROR_NAMES[code]}", 0xEE, 20 + code,
              struct.pack("<HB", code, request) + text.encode()) for code, (request, text) in ERROR_MESSAGES.items()]
 
