@@ -561,8 +561,9 @@ def _compare(tally: _Tally, model: Model, beat: data.Beat, index: int, inference
                 "output_index": k, "device": int(out[k]) if k < out.size else None,
                 "reference": int(expected[k]),
                 # the record samples the model saw ([start, end) at 360 Hz), so a report can plot them
-                "window": {"start": int(beat.sample) - model.window.before,
-                           "end": int(beat.sample) + model.window.after, "channel": model.window.channel},
+                "window": ({"start": int(beat.sample) - model.window.before,
+                            "end": int(beat.sample) + model.window.after, "channel": model.window.channel}
+                           if model.window is not None else None),  # a conformance input has no record window
             }
             tally.first_mismatch_input = x.tobytes()
     if cross is not None and out.shape == cross.shape:
