@@ -16,7 +16,8 @@ Shape of each block (keys absent or None when unknown):
   (or {"error", "summary"} when it failed), only on a mismatch}
 - accuracy: metrics.classification(...) for classifiers; {"anomaly": metrics.anomaly(...), "mean_error"}
   for autoencoders
-- latency: {"source": "device_cycles" | "static_estimate" | "device_timer", "cpu_mhz", "rule": "per-beat",
+- latency: {"source": "device_cycles" | "static_estimate" | "host_clock" | "device_timer", "cpu_mhz" (0: no
+  meaningful clock, then "us" is None), "rule": "per-beat",
   "cycles": metrics.latency(...),
   "us": metrics.latency(...), "clock_check": metrics.clock_agreement(...) + {"source"} (beats whose
   cycles ÷ MHz and device wall time disagree beyond the margin: preemption on another core, clock change,
@@ -37,8 +38,9 @@ Shape of each block (keys absent or None when unknown):
   "psram_free_before", "psram_free_after", "arena_used_bytes", "arena_size_bytes", "note"}
 - kernels (harness/kernels.py, --kernels both): {"builds": {"esp-nn": {...}, "reference": {...}}, "speedup":
   {"source", "overall", "ci95", "paired_beats", "per_op": [...]}, "note"}
-- link: {"sent", "resent", "naks", "duplicates", "garbage_bytes", "bad_frames", "resets", "reuploads",
-  "recoveries"}
+- link: {"sent", "resent", "naks", "duplicates", "strays" (frames with seqs never sent, docs/protocol.md
+  §11.2), "garbage_bytes", "bad_frames", "resets", "reuploads", "recoveries"}; the real counters also when the
+  run stopped part-way
 - realtime (harness/realtime.py): {"source": latency source, "latency_stat": "p99", "latency_s",
   "link_s_per_beat", "link": {"baud", "bits_per_byte", "transport", "model", "wire_bytes", "input_bytes"},
   "rates": {"60"|"350": {"interval_s", "duty_cycle", "compute_duty_cycle", "keeps_up"}}, "max_bpm",
@@ -52,7 +54,8 @@ Shape of each block (keys absent or None when unknown):
   "kernel_mode"}, "reference": {"name", "version", "kernels", "note"}, "cross_reference": {...} | None,
   "records", "data_dir", "harness_version", "python", "started_at", "finished_at", "profile_path",
   "noise": {"spec", "seed", "offset": {record: first noise sample}, "source", "records": {record: gains}},
-  "beat_set": {"fingerprint", "beats", "records"} (harness/beatset.py: which beats the figures cover)}
+  "beat_set": {"fingerprint", "beats", "records"} (harness/beatset.py: which beats the figures cover),
+  "protocol": "hil/1.1" | "hil/1" (the version HELLO negotiated, docs/protocol.md §0) | "mlperf-tiny"}
 - per_beat: what a paired comparison needs, one character per verified beat in stream order
   (harness/beatset.py encode_per_beat): {"labels", "records": [[name, beats], ...], "true", "pred"}; empty for
   tasks without per-beat labels (conformance)

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   relay {direction:<8}: {s['bytes_in']:,} bytes, {s['frames']:,} frames, {s['bits_flipped']:,} bits "
               f"flipped, {s['frames_dropped']:,} frames dropped")
     print(f"   host stream: sent {stats.sent:,}, resent {stats.resent:,}, NAKs {stats.naks:,}, duplicates "
-          f"{stats.duplicates:,} (dropped by seq), bad frames {stats.bad_frames:,}, garbage {stats.garbage_bytes:,} B, "
+          f"{stats.duplicates:,} (dropped by seq), strays {stats.strays:,}, bad frames {stats.bad_frames:,}, garbage {stats.garbage_bytes:,} B, "
           f"resets {stats.resets}, re-uploads {stats.reuploads}, HELLO recoveries {stats.recoveries}")
 
     # 3. A board that stops answering.
