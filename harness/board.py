@@ -45,7 +45,7 @@ __all__ = ["Board", "StreamStats"]
 _READ_SIZE = 65536
 _FLASH_S_PER_BYTE = 10.0 / 1_000_000  # worst-case ESP32 flash erase with 4 KB sectors: ~10 s per MB
 _MIN_CHUNK = 256       # smallest model chunk on a noisy link
-_SENT_MEMORY = 256     # requests remembered (seq → type) to tell a late answer from a stray (§11.2)
+_SENT_MEMORY = 1024    # requests remembered (seq → type) to tell a late answer from a stray (§11.2)
 _EXCHANGE_STRAYS = 3   # strays during one command before HIL308
 # Which reply types answer which request (ERROR answers any): a reply to a remembered seq of another
 # type is a stray, not a late answer.

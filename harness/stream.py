@@ -211,7 +211,7 @@ class InferStream:
                 if not Inference.parse(frame.payload).repeat:
                     return RECOVER_RESTARTED
                 return None
-            if self.board.is_stale(frame):
+            if self._sent_recently(frame.seq) or self.board.is_stale(frame):
                 self.stats.duplicates += 1
             else:
                 self._stray(frame)
@@ -243,6 +243,11 @@ class InferStream:
             self.board._resend(lost, self.stats)
             self.nak_pending = False  # the NAK was about one of these
         return None
+
+    def _sent_recently(self, seq: int) -> bool:
+        """This stream sent an INFER with this seq among its last 256 (a late answer to a resend)."""
+        behind = (self.seq_of(self.next_index) - 1 - seq) & 0xFFFF
+        return behind < min(self.next_index, 4 * REPEAT_HISTORY)
 
     def _stray(self, frame: Frame) -> None:
         self.stats.strays += 1
@@ -311,6 +316,9 @@ class InferStream:
         self.recoveries += 1
         probe = self.retired.pop() if self.retired else None
         recent = {seq for seq, at in self.probes.items() if self.next_index - at < REPEAT_HISTORY}
+        # The HELLO (and an upload) take seqs the stream will not reach for a while, so their answers are
+        # never confused with a beat's, even after the seq wrapped.
+        self.board._seq = self.seq_of(self.next_index + 2 * REPEAT_HISTORY)
         outcome = self.board._recover(self.stats, restarted=restarted, probe=probe, probes=recent,
                                       budget_s=self.board.timeout_s - (now - self.last_progress))
         if outcome is None:

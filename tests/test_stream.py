@@ -235,3 +235,31 @@ def test_done_when_every_input_is_answered():
         s.on_frame(result(seq), T0)
     s.fill(T0)
     assert s.done and [i for i, _ in got] == [0, 1, 2] and s.on_quiet(T0 + 5) == Action.WAIT
+
+
+def test_a_late_answer_to_a_beat_stays_a_duplicate_whatever_was_sent_since():
+    board, s, _, _ = make()
+    T0 = s.started
+    s.fill(T0)
+    s.on_frame(result(100), T0)
+    board.note_sent(100, MsgType.HELLO)  # the board's memory of seq 100 now says HELLO
+    s.on_frame(result(100), T0)
+    assert (s.stats.duplicates, s.stats.strays) == (1, 0)
+
+
+def test_recovery_uses_seqs_the_stream_will_not_reach_soon(monkeypatch):
+    board, s, _, _ = make(seq0=0xFFF0)
+    T0 = s.started
+    s.fill(T0)
+    used = []
+
+    def fake_recover(stats, *, restarted, probe, probes, budget_s):
+        used.append(board._next_seq())
+        return False
+
+    monkeypatch.setattr(board, "_recover", fake_recover)
+    s.recover(RECOVER_ASK, T0)
+    in_flight = set(s.outstanding)
+    assert used and used[0] not in in_flight
+    assert (used[0] - 0xFFF0) & 0xFFFF >= 64 + s.next_index  # past the span, across the wrap
+    assert s.rounds == 1 and s.recoveries == 1
