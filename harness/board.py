@@ -54,6 +54,7 @@ _REPLIES = {
     MsgType.MODEL_CHUNK: {MsgType.CHUNK_ACK}, MsgType.MODEL_END: {MsgType.MODEL_INFO},
     MsgType.INFER: {MsgType.RESULT}, MsgType.RESET: {MsgType.RESET_ACK},
     MsgType.DUMP: {MsgType.DUMP_TENSOR, MsgType.DUMP_END},
+    MsgType.OP_PROFILE: {MsgType.OP_TIMES}, MsgType.STATS: {MsgType.STATS_ACK},
 }
 
 

@@ -444,3 +444,10 @@ def test_reset(rig):
     board.reset()
     assert board.last_hello is None
     assert board.hello().chip == "esp32s3"
+
+
+def test_every_request_type_has_its_replies_known_for_telling_late_answers_from_strays():
+    from harness.board import _REPLIES
+
+    requests = {t for t in MsgType if t < 0x80}
+    assert set(_REPLIES) == requests  # a new request type must say what answers it (docs/protocol.md §11.2)

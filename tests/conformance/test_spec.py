@@ -496,3 +496,40 @@ def test_s5_9_a_model_with_a_short_constant_buffer_is_refused(loaded, tmp_path):
     assert error_code(answer) == DeviceErrorCode.LOAD_FAILED
     assert b"constant buffer" in answer.payload
     loaded.info = None
+
+
+# -- §12 OP_PROFILE, §13 STATS (optional 1.1 additions) ----------------------------------------------------
+
+def _optional(dut, answer: Frame, what: str) -> None:
+    if answer.type == MsgType.ERROR and error_code(answer) == DeviceErrorCode.UNKNOWN_TYPE:
+        pytest.skip(f"{dut.name} does not implement {what} (answers UNKNOWN_TYPE, optional)")
+
+
+def test_s12_op_profile_times_every_op_in_execution_order(loaded):
+    """§12: OP_TIMES with the request's seq; ops in execution order with known builtin codes; their cycles
+    sum to at most invoke_cycles (timing_source 0); a wrong input size is BAD_INPUT_SIZE."""
+    from harness.protocol import OpTimes
+
+    answer = loaded.request(MsgType.OP_PROFILE, loaded.input(), seconds=5.0)
+    _optional(loaded, answer, "OP_PROFILE")
+    assert answer.type == MsgType.OP_TIMES, answer.name
+    times = OpTimes.parse(answer.payload)
+    assert times.ops and [op.index for op in times.ops] == sorted(op.index for op in times.ops)
+    assert answer.payload[2:4] == b"\x00\x00"
+    if loaded.hello_ack.timing_source == "device_cycles":
+        assert sum(op.cycles for op in times.ops) <= times.invoke_cycles
+    bad = loaded.request(MsgType.OP_PROFILE, bytes(loaded.info.input_bytes + 1))
+    assert error_code(bad) == DeviceErrorCode.BAD_INPUT_SIZE
+
+
+def test_s13_stats_reports_the_arena_as_hello_does(loaded):
+    """§13: STATS_ACK is 32 bytes; arena_size equals HELLO_ACK's, arena_used the loaded model's."""
+    from harness.protocol import Health
+
+    answer = loaded.request(MsgType.STATS)
+    _optional(loaded, answer, "STATS")
+    assert answer.type == MsgType.STATS_ACK and len(answer.payload) >= 32
+    health = Health.parse(answer.payload)
+    assert answer.payload[1:4] == b"\x00\x00\x00"
+    assert health.arena_size == loaded.hello_ack.arena_size
+    assert health.arena_used == loaded.hello().arena_used
