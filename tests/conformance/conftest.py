@@ -167,9 +167,13 @@ def dut(request, tmp_path_factory):
         baud = baud or load_profile("virtual").baud
         name = "virtual board"
     else:
+        profile = load_profile(config.getoption("--target", default=None) or "esp32")
+        if port == "auto":  # the first port whose chip answers esptool as the profile's (as the bench does)
+            from harness.flash import autodetect_port
+
+            port = autodetect_port(profile.chip)
         url = port
-        target = config.getoption("--target", default=None) or "esp32"
-        baud = baud or load_profile(target).baud
+        baud = baud or profile.baud
         name = port
     link = open_link(url, baud, timeout=0.02)
     try:
