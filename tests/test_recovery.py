@@ -80,6 +80,18 @@ def test_board_resets_mid_stream_are_survived_and_counted(tmp_path, inputs, expe
     assert stats.garbage_bytes > 0  # the ROM banner of each boot
 
 
+def test_resets_and_losses_across_the_seq_wrap(tmp_path, inputs, expected):
+    # docs/protocol.md §6.2/§6.3: the stream runs through 65535 → 0 while frames are lost and the board
+    # restarts; no beat is lost or doubled and no answer is mistaken for a stray.
+    faults = ["drop-frames:0.02", "dup-frames:0.02"]
+    with VirtualBoard(store_dir=tmp_path, faults=["reset-every:150:100"]) as vb, Relay(vb.url, faults, seed=5) as relay:
+        with Board.open(relay.url, PROFILE.baud, timeout_s=PROFILE.timeout_s, window=PROFILE.window) as board:
+            board.ensure_model(CONV)
+            board._seq = 0xFFFF - 120  # the wrap falls between the two restarts
+            stats = stream_all(board, inputs[:300], expected[:300])
+    assert stats.resets >= 1 and stats.resent > 0 and stats.strays == 0
+
+
 def test_board_that_lost_its_model_gets_it_again(tmp_path, inputs, expected):
     def lose_store(index: int) -> None:
         if index == 50:  # as if the model partition were erased behind the harness's back
