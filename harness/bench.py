@@ -184,6 +184,8 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
         on_progress(Progress(model.name, device, tally.verified, result.beats.get("total", 0),
                              tally.verified / max(wall_s, 1e-9), tally.mismatching))
     _finish(result, tally, model, hello, spec, wall_s, skipped_edge)
+    # Per-beat cycles for a paired comparison in this session (kernels side by side); not serialised.
+    result.beat_cycles = np.asarray(tally.cycles, dtype=np.float64)
     result.realtime = realtime.margin(result.latency, profile, model.input.nbytes, baud=spec.baud,
                                       protocol=result.provenance.get("protocol"))
     result.link = link

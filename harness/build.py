@@ -111,8 +111,19 @@ def firmware_sources(firmware_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: p.as_posix())
 
 
-def firmware_hash(firmware_dir: str | Path, target: str, idf_version: str) -> str:
-    """sha256 over the firmware sources (sorted paths + contents), the target and the IDF version; 16 hex."""
+# Kernel builds (`--kernels both`): the profile's default is ESP-NN's optimized kernels (sdkconfig.defaults);
+# "reference" adds this overlay, ESP-NN's reference-equivalent ANSI C kernels.
+KERNEL_OVERLAYS = {"esp-nn": None, "reference": "sdkconfig.defaults.kernels-reference"}
+
+
+def build_dir_name(target: str, kernels: str | None) -> str:
+    """build/<target> for the default build, build/<target>-reference for the reference-kernels one."""
+    return target if KERNEL_OVERLAYS.get(kernels or "esp-nn") is None else f"{target}-{kernels}"
+
+
+def firmware_hash(firmware_dir: str | Path, target: str, idf_version: str, kernels: str | None = None) -> str:
+    """sha256 over the firmware sources (sorted paths + contents), the target, the IDF version and, for a
+    non-default kernels build, its name; 16 hex."""
     root = Path(firmware_dir)
     if not root.is_dir():
         raise BuildError(f"firmware directory {root} does not exist",
@@ -124,7 +135,10 @@ def firmware_hash(firmware_dir: str | Path, target: str, idf_version: str) -> st
         for part in (rel.as_posix().encode(), content):
             digest.update(len(part).to_bytes(8, "little"))
             digest.update(part)
-    for part in (target.encode(), idf_version.encode()):
+    parts = [target.encode(), idf_version.encode()]
+    if KERNEL_OVERLAYS.get(kernels or "esp-nn") is not None:
+        parts.append(f"kernels={kernels}".encode())  # the default build keeps the hash it always had
+    for part in parts:
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return digest.hexdigest()[:HASH_CHARS]
@@ -165,8 +179,13 @@ def idf_version(idf_py: str) -> str:
 
 
 def build_command(idf_py: str, firmware_dir: str | Path, build_dir: str | Path, target: str,
-                  build_hash: str, fw_version: str, *, set_target: bool = False) -> list[str]:
-    """The idf.py command line; `set_target` only when the build dir was configured for another target."""
+                  build_hash: str, fw_version: str, *, set_target: bool = False,
+                  kernels: str | None = None) -> list[str]:
+    """The idf.py command line; `set_target` only when the build dir was configured for another target.
+
+    A non-default `kernels` build lists its overlay after sdkconfig.defaults in SDKCONFIG_DEFAULTS; ESP-IDF
+    still applies sdkconfig.defaults.<target> right after sdkconfig.defaults, as in the default build.
+    """
     build_dir = Path(build_dir)
     command = [
         str(idf_py),
@@ -177,6 +196,10 @@ def build_command(idf_py: str, firmware_dir: str | Path, build_dir: str | Path, 
         f"-DHIL_FW_VERSION={fw_version}",
         f"-DIDF_TARGET={target}",
     ]
+    overlay = KERNEL_OVERLAYS.get(kernels or "esp-nn")
+    if overlay is not None:
+        root = Path(firmware_dir)
+        command.append(f"-DSDKCONFIG_DEFAULTS={root / 'sdkconfig.defaults'};{root / overlay}")
     if set_target:
         command += ["set-target", target]
     command.append("build")
@@ -316,7 +339,8 @@ def _run_idf_py(idf_py: str, command: list[str], target: str, out_dir: Path) -> 
 
 def ensure_build(target: str, *, firmware_dir: str | Path, build_root: str | Path = "build",
                  build_dir: str | Path | None = None, idf_py: str | None = None,
-                 fw_version: str = __version__, log: Callable[[str], None] | None = print) -> Build:
+                 fw_version: str = __version__, log: Callable[[str], None] | None = print,
+                 kernels: str | None = None) -> Build:
     """A firmware build for `target`: the prebuilt `build_dir` as is, or a cached or fresh idf.py build.
 
     Relative `build_root` and `firmware_dir` are taken from the current directory.
@@ -332,12 +356,15 @@ def ensure_build(target: str, *, firmware_dir: str | Path, build_root: str | Pat
         raise BuildError(IDF_MISSING, code="HIL701")
     version = idf_version(idf_py)
     firmware_dir = Path(firmware_dir).resolve()
-    build_hash = firmware_hash(firmware_dir, target, version)
+    if kernels is not None and kernels not in KERNEL_OVERLAYS:
+        raise BuildError(f"no firmware build for kernels '{kernels}'", f"use one of {', '.join(KERNEL_OVERLAYS)}",
+                         code="HIL703")
+    build_hash = firmware_hash(firmware_dir, target, version, kernels)
     # Absolute paths: idf.py runs with -C firmware/, and CMake would read relative -D paths from elsewhere.
     build_root = Path(build_root).resolve()
-    out_dir = build_root / target
+    out_dir = build_root / build_dir_name(target, kernels)
 
-    with _build_lock(build_root, target):
+    with _build_lock(build_root, out_dir.name):
         stamp = _read_json(out_dir / STAMP_FILE) or {}
         if stamp.get("build_hash") == build_hash and (out_dir / "flasher_args.json").is_file():
             say(f"firmware: {target} build {build_hash} is up to date in {out_dir}")
@@ -345,7 +372,7 @@ def ensure_build(target: str, *, firmware_dir: str | Path, build_root: str | Pat
 
         existing = configured_target(out_dir)
         command = build_command(idf_py, firmware_dir, out_dir, target, build_hash, fw_version,
-                                set_target=existing is not None and existing != target)
+                                set_target=existing is not None and existing != target, kernels=kernels)
         out_dir.mkdir(parents=True, exist_ok=True)
         # A build that fails half way leaves a mix of old and new files: the old stamp must not vouch for them.
         (out_dir / STAMP_FILE).unlink(missing_ok=True)
@@ -354,6 +381,6 @@ def ensure_build(target: str, *, firmware_dir: str | Path, build_root: str | Pat
         _run_idf_py(idf_py, command, target, out_dir)
         build = load_build_dir(out_dir, target, build_hash=build_hash, idf_version=version, prebuilt=False)
         _write_stamp(out_dir, {"build_hash": build_hash, "target": target, "idf_version": version,
-                               "fw_version": fw_version})
+                               "fw_version": fw_version, "kernels": kernels or "esp-nn"})
     say(f"firmware: built {target} {build_hash} in {time.monotonic() - started:.0f} s (host wall time)")
     return build

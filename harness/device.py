@@ -55,8 +55,12 @@ def running_build_hash(port: str, baud: int, timeout_s: float, reset: str = "non
 
 
 def prepare_board(device: str, profile: Profile, *, baud: int, build_dir: str | None = None,
-                  skip_flash: bool = False, log=print) -> str:
-    """Return the port of a board that runs our current firmware (build and flash as needed)."""
+                  skip_flash: bool = False, log=print, kernels: str | None = None) -> str:
+    """Return the port of a board that runs our current firmware (build and flash as needed).
+
+    `kernels` picks the firmware build: None or the profile's kernels for the default one, "reference" for
+    the reference-kernels build (`--kernels both` flashes the two in turn; each has its own build hash, so a
+    board already running the wanted one is not flashed again)."""
     port = autodetect_port(profile.chip) if device == "auto" else device
     # Open and close once first: a wrong path, a busy port or a permission problem is named now,
     # before minutes of building.
@@ -64,7 +68,7 @@ def prepare_board(device: str, profile: Profile, *, baud: int, build_dir: str | 
     if skip_flash:
         return port
     build = ensure_build(profile.chip, firmware_dir=REPO / "firmware", build_root=REPO / "build",
-                         build_dir=build_dir, log=log)
+                         build_dir=build_dir, log=log, kernels=kernels)
     current = running_build_hash(port, baud, min(profile.timeout_s, 2.0), profile.reset, log=log)
     if needs_flash(current, build):
         log(f"flashing {port} ({profile.chip}) with build {build.build_hash or 'unknown'} "

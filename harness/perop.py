@@ -68,3 +68,37 @@ def speedup(fast: dict, slow: dict) -> list[dict]:
         out.append({"index": op["index"], "op": op["op"], "shapes": op["shapes"], "fast_cycles": op["cycles"],
                     "slow_cycles": other["cycles"], "speedup": ratio})
     return out
+
+
+def _kib(value) -> str:
+    return "?" if value is None else f"{value / 1024:,.1f} KiB"
+
+
+def board_lines(results) -> list[str]:
+    """Terminal lines per result: the per-op top 3, the health figures and the cycles-vs-wall check."""
+    out = []
+    for r in results:
+        per_op, health = r.per_op or {}, r.health or {}
+        clock = (r.latency or {}).get("clock_check") or {}
+        parts = []
+        if per_op.get("ops"):
+            top = sorted(per_op["ops"], key=lambda op: -(op.get("cycles") or 0))[:3]
+            est = " (est.)" if per_op.get("source") == "static_estimate" else ""
+            parts.append(f"per-op beat {per_op.get('beat')}{est}: " + ", ".join(
+                f"#{op['index']} {op['op']} {op['share']:.0%}" for op in top if op.get("share") is not None))
+        elif per_op.get("note") or per_op.get("error"):
+            parts.append(f"per-op: {per_op.get('note') or per_op.get('error')}")
+        if health.get("source"):
+            stack = health.get("stack_high_water_bytes")
+            stack_text = (f"stack high water {stack:,} B free of {health.get('stack_size_bytes') or 0:,}"
+                          if stack is not None else "stack n/a")
+            parts.append(f"health ({health['source']}): {stack_text}, internal heap "
+                         f"{_kib(health.get('heap_internal_free_before'))} → {_kib(health.get('heap_internal_free_after'))}, "
+                         f"PSRAM {_kib(health.get('psram_free_after'))}, arena {_kib(health.get('arena_used_bytes'))} "
+                         f"of {_kib(health.get('arena_size_bytes'))}")
+        if clock.get("compared"):
+            parts.append(f"cycles vs wall: {clock.get('flagged', 0)} of {clock['compared']} beats beyond "
+                         f"{clock['margin']['rel']:.0%} + {clock['margin']['abs_us']:g} µs")
+        if parts:
+            out.append(f"{r.name}: " + "; ".join(parts))
+    return out

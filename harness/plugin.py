@@ -71,6 +71,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="keep reference outputs on disk, keyed by model, input bytes and interpreter version "
                      "(default $HIL_REFERENCE_CACHE or ~/.cache/hil-bench/reference; 'off' recomputes)")
     g.addoption("--warmup", type=int, default=10, help="beats left out of latency statistics")
+    g.addoption("--kernels", default="profile", choices=("profile", "both"),
+                help="'both': run each model on the target's esp-nn build and on its reference build "
+                     "(CONFIG_NN_ANSI_C), flashed in turn, and report both verdicts and the speedup per op and "
+                     "overall (results.json kernels); default: the profile's kernels only")
     g.addoption("--per-op-beat", default="0", metavar="N|none",
                 help="the beat (0-based in the run) whose per-op cycles the board reports (OP_PROFILE) into "
                      "results.json per_op; 'none' to skip (default 0)")
@@ -126,6 +130,7 @@ class DeviceSlot:
     virtual: object | None = None
     link: object | None = None
     protocol: str = "hil"
+    alt: dict = field(default_factory=dict)  # --kernels both on the virtual board: kernels → (board, virtual)
 
 
 @dataclass
@@ -172,6 +177,10 @@ class HilSession:
             profile = load_profile(name)
             protocol = protocols[i if len(protocols) > 1 else 0] if protocols else profile.protocol
             slots.append(DeviceSlot(device=device, profile=profile, protocol=protocol))
+        if opt.kernels == "both" and (opt.build_dir or opt.skip_flash) and any(d != "virtual" for d in devices):
+            raise ConfigError("--kernels both with --build-dir or --skip-flash",
+                              "--kernels both builds and flashes the esp-nn and the reference firmware in turn: "
+                              "drop --build-dir/--skip-flash", code="HIL108")
         check_reference(opt.reference)  # a missing interpreter package is one line now, not a traceback later
         models = _load_models(opt)
         candidates = {}
@@ -205,7 +214,8 @@ class HilSession:
                    options={"baud": opt.baud, "window": opt.window, "build_dir": opt.build_dir,
                             "skip_flash": opt.skip_flash, "throttle": opt.virtual_throttle,
                             "faults": tuple(opt.virtual_fault or ()), "mlperf_model_id": opt.mlperf_model_id,
-                            "latency_rule": opt.latency_rule, "mlperf_window_s": opt.mlperf_window_s})
+                            "latency_rule": opt.latency_rule, "mlperf_window_s": opt.mlperf_window_s,
+                            "kernels": opt.kernels})
 
     def cases(self) -> list[tuple[Model, DeviceSlot]]:
         return [(m, s) for s in self.slots for m in self.models]
@@ -279,6 +289,63 @@ class HilSession:
                 slot.link.close()
             if slot.virtual is not None:
                 slot.virtual.stop()
+            for alt_board, alt_virtual in slot.alt.values():
+                alt_board.close()
+                alt_virtual.stop()
+            slot.alt.clear()
+
+    def _kernels_board(self, slot: DeviceSlot, build: str):
+        """A board running the `build` kernels firmware, and what to do when its run is over.
+
+        Virtual: a second virtual board whose cycle estimates use that build's cost constants, kept for the
+        session. Real: the slot's link is closed, the other build flashed (prepare_board), opened and checked;
+        closed again after the run, so the next case flashes the profile's build back."""
+        from . import kernels
+
+        profile = slot.profile
+        baud = self.options["baud"] or profile.baud
+        window = self.options["window"] or profile.window
+        cost = kernels.virtual_cost_profile(build, profile.kernels) if slot.device == "virtual" else None
+        if slot.device == "virtual":
+            if build not in slot.alt:
+                from .virtual import VirtualBoard
+
+                virtual = VirtualBoard(str(profile.path), cost_profile=cost,
+                                       throttle_baud=baud if self.options["throttle"] else None)
+                link = open_link(virtual.start(), baud)
+                board = Board(link, timeout_s=profile.timeout_s, window=window, name=f"{slot.device}[{build}]")
+                slot.alt[build] = (board, virtual)
+            return slot.alt[build][0], cost, lambda: None
+        from .device import prepare_board
+
+        if slot.board is not None:
+            slot.board.close()
+            slot.board = slot.link = None
+        url = prepare_board(slot.device, profile, baud=baud, build_dir=None, skip_flash=False, kernels=build)
+        link = open_link(url, baud)
+        board = Board(link, timeout_s=profile.timeout_s, window=window, name=f"{slot.device}[{build}]")
+        check_board(profile, board.hello(), slot.device, kernels=build)
+        return board, cost, board.close
+
+    def _side_by_side(self, result: Result, model: Model, slot: DeviceSlot, ref, cross, progress) -> None:
+        """--kernels both: the same model and beats on the other build; both verdicts count."""
+        from . import kernels
+
+        build = kernels.other(slot.profile.kernels)
+        board, cost, done = self._kernels_board(slot, build)
+        try:
+            other = bench.run(board, model, slot.profile, slot.device, self.spec, ref, cross, on_progress=progress)
+        finally:
+            done()
+        other.provenance["kernels"] = kernels.label(other, build, cost)
+        runs = {slot.profile.kernels: result, build: other}
+        result.kernels = kernels.compare(slot.profile.kernels, runs,
+                                         {k: getattr(r, "beat_cycles", []) for k, r in runs.items()}, self.spec.warmup)
+        result.kernels["builds"][build]["per_op"] = other.per_op
+        if other.status != "pass" and result.status == "pass":
+            result.status = other.status
+            result.partial = other.partial
+            result.failure = dict(other.failure or {}, message=f"[{build} kernels build] {other.failure_line}")
 
     # -- running ----------------------------------------------------------------------------------------
     def references(self, model: Model):
@@ -293,6 +360,12 @@ class HilSession:
         board = self.board(slot)
         ref, cross = self.references(model)
         result = bench.run(board, model, slot.profile, slot.device, self.spec, ref, cross, on_progress=progress)
+        if slot.protocol == "hil":
+            from . import kernels
+
+            result.provenance["kernels"] = kernels.label(result, slot.profile.kernels)  # results name the kernels
+            if self.options["kernels"] == "both":
+                self._side_by_side(result, model, slot, ref, cross, progress)
         if self.options["latency_rule"] == "mlperf-tiny" and result.status == "pass":
             try:
                 result.latency["mlperf_tiny"] = perfrule.measure(board, model, self.spec,
@@ -540,6 +613,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     for line in report.format_table(hil.results).splitlines():
         terminalreporter.write_line(line)
     for line in report.format_realtime(hil.results) + report.format_noise(hil.results) + perfrule.lines(hil.results):
+        terminalreporter.write_line(line)
+    from . import kernels, perop  # per-op, health, cycles-vs-wall and kernels side by side, one line each
+
+    for line in perop.board_lines(hil.results) + kernels.lines(hil.results):
         terminalreporter.write_line(line)
     terminalreporter.write_line(f"results: {hil.out_dir / 'results.json'}   junit: {hil.out_dir / 'junit.xml'}   "
                                 f"report: {hil.out_dir / 'report.html'}   summary: {hil.out_dir / 'summary.md'}")

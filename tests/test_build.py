@@ -273,3 +273,28 @@ def test_last_error_line_picks_the_cause():
               "ninja: build stopped: subcommand failed.\n")
     assert last_error_line(linker) == "collect2: error: ld returned 1 exit status"
     assert last_error_line("Killed\n") == "Killed"
+
+
+def test_reference_kernels_build_is_its_own_build_with_the_overlay(idf, firmware, tmp_path):
+    # --kernels both: the reference build lists the ANSI C overlay after sdkconfig.defaults, lives in
+    # build/<target>-reference and has its own hash, so the two builds flash in turn without rebuilding.
+    build_root = tmp_path / "build"
+    default = ensure_build("esp32s3", firmware_dir=firmware, build_root=build_root, idf_py=idf.path, log=_quiet)
+    ref = ensure_build("esp32s3", firmware_dir=firmware, build_root=build_root, idf_py=idf.path, log=_quiet,
+                       kernels="reference")
+    assert ref.dir == build_root / "esp32s3-reference" and default.dir == build_root / "esp32s3"
+    assert ref.build_hash != default.build_hash
+    assert firmware_hash(firmware, "esp32s3", "v5.2.1", "esp-nn") == firmware_hash(firmware, "esp32s3", "v5.2.1")
+    argv = idf.builds()[-1]
+    overlay = next(a for a in argv if a.startswith("-DSDKCONFIG_DEFAULTS="))
+    assert overlay == (f"-DSDKCONFIG_DEFAULTS={firmware / 'sdkconfig.defaults'};"
+                       f"{firmware / 'sdkconfig.defaults.kernels-reference'}")
+    assert not any(a.startswith("-DSDKCONFIG_DEFAULTS=") for a in idf.builds()[0])
+    text = (firmware / "sdkconfig.defaults.kernels-reference").read_text()
+    assert "CONFIG_NN_ANSI_C=y" in text and "# CONFIG_NN_OPTIMIZED is not set" in text
+    again = ensure_build("esp32s3", firmware_dir=firmware, build_root=build_root, idf_py=idf.path, log=_quiet,
+                         kernels="reference")
+    assert again.build_hash == ref.build_hash and len(idf.builds()) == 2  # cached
+    with pytest.raises(BuildError):
+        ensure_build("esp32s3", firmware_dir=firmware, build_root=build_root, idf_py=idf.path, log=_quiet,
+                     kernels="fast-maybe")

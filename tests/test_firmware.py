@@ -109,6 +109,25 @@ def test_kit_check_fails_on_a_stale_resolver_count(kit_run, tmp_path):
     assert "HIL_OP_COUNT" in result.stderr
 
 
+def test_reference_kernels_build_compiles_clean_against_the_esp_idf_kit(kit_run, tmp_path):
+    # --kernels both flashes a second build with sdkconfig.defaults.kernels-reference after the defaults
+    # (harness/build.py). The kit applies only sdkconfig.defaults[.<target>], so it checks a copy of the
+    # firmware whose sdkconfig.defaults ends with the overlay: one target and version are enough, the
+    # overlay changes only ESP-NN's kernel choice (and kernel_mode in HELLO).
+    copy = tmp_path / "firmware"
+    shutil.copytree(FW, copy, ignore=shutil.ignore_patterns("build*", "managed_components"))
+    overlay = (FW / "sdkconfig.defaults.kernels-reference").read_text()
+    with open(copy / "sdkconfig.defaults", "a") as defaults:
+        defaults.write("\n" + overlay)
+    out = tmp_path / "kit"
+    proc = subprocess.run(["bash", str(KIT / "check.sh"), "-i", "v5.5.5", "-t", "esp32s3", "-o", str(out), str(copy)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "compiled clean" in proc.stdout, proc.stdout
+    config = (out / "v5.5.5" / "esp32s3" / "config" / "sdkconfig.h").read_text()
+    assert "#define CONFIG_NN_ANSI_C 1" in config and "CONFIG_NN_OPTIMIZED" not in config
+
+
 # ---- (2) the portable core is strict C99 ----------------------------------------------------------------
 
 @needs_cc
