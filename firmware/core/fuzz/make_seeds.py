@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = ROOT / "tests" / "golden" / "frames.txt"
+REJECTS = ROOT / "tests" / "golden" / "rejects.txt"  # candidates the device NAKs (protocol §1.3)
 
 R_UPLOAD, R_GARBAGE, R_CORRUPT, R_KNOBS, R_POWER_CYCLE = 0xF0, 0xF1, 0xF2, 0xF3, 0xF4
 HELLO, INFER, RESET, DUMP, MODEL_END = 0x01, 0x20, 0x30, 0x40, 0x12
@@ -76,6 +77,10 @@ def main(argv: list[str]) -> int:
     for name, ftype, seq, payload, wire in vectors:
         (raw / name).write_bytes(knobs + wire)
         (frames / name).write_bytes(knobs + record(ftype, seq, payload))
+    for line in REJECTS.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _reason, wire = line.split()
+            (raw / f"reject_{name}").write_bytes(knobs + bytes.fromhex(wire))
     (raw / "all_with_log").write_bytes(knobs + b"".join(b"I (29) boot: ESP-IDF\r\n" + v[4] for v in vectors))
     (frames / "all").write_bytes(knobs + b"".join(record(t, s, p) for _, t, s, p, _ in vectors))
     for name, data in sessions().items():
