@@ -130,6 +130,7 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     result.bit_exact["reference"] = reference.name
     skipped_edge = 0
     link = dict.fromkeys(_LINK_KEYS, 0)
+    strays0 = getattr(board, "strays", None)  # Board counts strays of every command, not only of streams
     t0 = time.perf_counter()
     hello = None
     try:
@@ -188,6 +189,8 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     result.beat_cycles = np.asarray(tally.cycles, dtype=np.float64)
     result.realtime = realtime.margin(result.latency, profile, model.input.nbytes, baud=spec.baud,
                                       protocol=result.provenance.get("protocol"))
+    if strays0 is not None:
+        link["strays"] = board.strays - strays0
     result.link = link
     if spec.noise is not None:
         result.provenance["noise"] = spec.noise.provenance()
