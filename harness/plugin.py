@@ -75,6 +75,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="'both': run each model on the target's esp-nn build and on its reference build "
                      "(CONFIG_NN_ANSI_C), flashed in turn, and report both verdicts and the speedup per op and "
                      "overall (results.json kernels); default: the profile's kernels only")
+    g.addoption("--calibrate", action="store_true",
+                help="refit the profile's cost constants from the per-op device cycles this run measured and "
+                     "write them into its YAML with the board and date (needs a board, not the virtual one)")
     g.addoption("--per-op-beat", default="0", metavar="N|none",
                 help="the beat (0-based in the run) whose per-op cycles the board reports (OP_PROFILE) into "
                      "results.json per_op; 'none' to skip (default 0)")
@@ -181,6 +184,11 @@ class HilSession:
             raise ConfigError("--kernels both with --build-dir or --skip-flash",
                               "--kernels both builds and flashes the esp-nn and the reference firmware in turn: "
                               "drop --build-dir/--skip-flash", code="HIL108")
+        if opt.calibrate and (all(d == "virtual" for d in devices) or _per_op_beat(opt.per_op_beat) is None):
+            raise ConfigError("--calibrate needs per-op device cycles: "
+                              + ("the virtual board's per-op figures are the cost model's own estimates"
+                                 if all(d == "virtual" for d in devices) else "--per-op-beat none turns them off"),
+                              "run --calibrate with --device on a board flashed with this firmware", code="HIL160")
         check_reference(opt.reference)  # a missing interpreter package is one line now, not a traceback later
         models = _load_models(opt)
         candidates = {}
@@ -215,7 +223,7 @@ class HilSession:
                             "skip_flash": opt.skip_flash, "throttle": opt.virtual_throttle,
                             "faults": tuple(opt.virtual_fault or ()), "mlperf_model_id": opt.mlperf_model_id,
                             "latency_rule": opt.latency_rule, "mlperf_window_s": opt.mlperf_window_s,
-                            "kernels": opt.kernels})
+                            "kernels": opt.kernels, "calibrate": opt.calibrate})
 
     def cases(self) -> list[tuple[Model, DeviceSlot]]:
         return [(m, s) for s in self.slots for m in self.models]
@@ -600,6 +608,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
                     lines, refused = gate.update_baseline(hil.baseline_dir / f"{slot.profile.name}.json", mine)
                     hil.baseline_lines += lines + refused
                     if refused and session.exitstatus == 0:
+                        session.exitstatus = 1
+        if hil.options.get("calibrate"):
+            from . import calibrate
+
+            for slot in hil.slots:
+                if slot.device == "virtual":
+                    continue
+                try:
+                    hil.report_notes.append(calibrate.calibrate(slot.profile, hil.results, slot.device))
+                except HarnessError as err:
+                    hil.report_notes.append(str(err))
+                    if session.exitstatus == 0:
                         session.exitstatus = 1
     finally:
         hil.close()

@@ -55,6 +55,9 @@ class Profile:
     cost: CostConstants
     path: Path = field(compare=False)
     protocol: str = "hil"
+    # Where the cost constants came from when `pytest --calibrate` refitted them (harness/calibrate.py):
+    # {"board", "date", "models", "ops", ...}; None for hand-set constants.
+    calibration: dict | None = field(default=None, compare=False)
 
     def cycles_to_us(self, cycles: float) -> float:
         return cycles / self.cpu_mhz
@@ -93,6 +96,15 @@ def load_profile(name_or_path: str | Path) -> Profile:
     return _validate(raw, path)
 
 
+def _calibration(raw: Any, fail) -> dict | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("board"), dict) or not raw.get("date"):
+        raise fail("calibration", "must be a mapping with board and date (written by pytest --calibrate)",
+                   "rerun pytest --calibrate on the board, or remove the calibration block")
+    return dict(raw)
+
+
 def _validate(raw: dict[str, Any], path: Path) -> Profile:
     def fail(key: str, why: str, fix: str) -> ProfileError:
         return ProfileError(f"{path}: key '{key}' {why}", fix)
@@ -118,7 +130,7 @@ def _validate(raw: dict[str, Any], path: Path) -> Profile:
         return value
 
     known = {"name", "chip", "description", "timeout_s", "transport", "reset", "kernels", "cost", "protocol",
-             *_INT_KEYS}
+             "calibration", *_INT_KEYS}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise fail(unknown[0], "is not a profile key", f"remove it or fix its spelling; keys: {', '.join(sorted(known))}")
@@ -161,6 +173,7 @@ def _validate(raw: dict[str, Any], path: Path) -> Profile:
         reset=choice("reset", RESETS),
         kernels=choice("kernels", KERNELS),
         protocol=choice("protocol", PROTOCOLS) if "protocol" in raw else "hil",
+        calibration=_calibration(raw.get("calibration"), fail),
         timeout_s=get("timeout_s", float),
         cost=CostConstants(cycles_per_mac={k: float(v) for k, v in cpm.items()}, **cost_vals),
         path=path,
