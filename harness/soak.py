@@ -83,12 +83,12 @@ def stop_answering(model, profile, mitdb: Path, records, after: int) -> dict:
         last_result_at = 0.0
         failed_at = 0.0
 
-        def infer_stream(self, inputs, *, total=None, on_result):
+        def infer_stream(self, inputs, *, total=None, on_result, **kwargs):
             def timed(i, inference):
                 Timed.last_result_at = time.monotonic()
                 on_result(i, inference)
             try:
-                return super().infer_stream(inputs, total=total, on_result=timed)
+                return super().infer_stream(inputs, total=total, on_result=timed, **kwargs)
             except BoardTimeout:
                 Timed.failed_at = time.monotonic()
                 raise
