@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 MITDB  ?= ../shared/mitdb
 
-.PHONY: conformance system-packages hil-board board-idle ci-summary idf-version report bench test bench-full bench-speed bench-noise bench-protocols bench-gate lib models model models-smoke clean fuzz fuzz-smoke soak
+.PHONY: conformance bench-farm system-packages hil-board board-idle ci-summary idf-version report bench test bench-full bench-speed bench-noise bench-protocols bench-gate lib models model models-smoke clean fuzz fuzz-smoke soak
 
 $(VENV)/.installed: pyproject.toml
 	@echo "== setting up $(VENV): hil-bench and its test dependencies from PyPI (about a minute the first time)"
@@ -129,3 +129,9 @@ system-packages:
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+## Many boards: 4 throttled virtual boards' aggregate line rate vs 4 x the one-board bound, host CPU per
+## verified beat with and without the reference cache (boards per core), and the full MIT-BIH from $(MITDB)
+## sharded over 4 boards vs one board (wall time, merged figures identical). Takes several minutes.
+bench-farm: $(VENV)/.installed
+	$(PY) -m harness.farmbench --mitdb $(MITDB)

@@ -51,6 +51,7 @@ class BenchSpec:
     baud: int | None = None                # --baud when given; the real-time margin uses it over the profile's
     per_op_beat: int | None = 0            # --per-op-beat: the beat whose per-op cycles are asked (None: none)
     health: bool = True                    # ask the board's health (STATS) before and after the run
+    shard: tuple[int, int] | None = None   # only beats [start, end) of the run (after max_beats): one board's share
 
 
 @dataclass
@@ -91,28 +92,49 @@ def _now() -> str:
 
 
 def _plan(model: Model, spec: BenchSpec) -> tuple[int, beatset.BeatSet]:
-    """How many beats the run will stream, and their fingerprint (the figures cover exactly these beats)."""
+    """How many beats the run will stream, and their fingerprint (the figures cover exactly these beats).
+    A shard plans only its range of the run's beats."""
     planned = beatset.BeatSet()
     if spec.noise is not None:
         # Noisy beats are other inputs: the same annotations, but figures that must not meet clean ones.
         planned.note(f"noise {spec.noise.spec} seed {spec.noise.seed}")
+    lo, hi = spec.shard or (0, None)
+    seen = 0
     for name in spec.records:
-        if spec.max_beats is not None and planned.beats >= spec.max_beats:
+        if (spec.max_beats is not None and seen >= spec.max_beats) or (hi is not None and seen >= hi):
             break  # _stream stops before this record too
         beats = data.beat_windows(data.load_record(spec.mitdb_dir, name), model.window).beats
-        if spec.max_beats is not None:
-            beats = beats[: spec.max_beats - planned.beats]
-        planned.add_record(spec.mitdb_dir, name, beats)
+        first, last = _cut(len(beats), seen, lo, hi, spec.max_beats)
+        seen += len(beats)
+        if last > first:
+            planned.add_record(spec.mitdb_dir, name, beats[first:last])
     return planned.beats, planned
+
+
+def count_beats(model: Model, spec: BenchSpec) -> int:
+    """How many beats a run (or, with spec.shard, a shard) streams."""
+    return _plan(model, spec)[0]
+
+
+def _cut(n: int, seen: int, lo: int, hi: int | None, max_beats: int | None) -> tuple[int, int]:
+    """The part [first, last) of a record's n beats, numbered from `seen` in the run, that the run (beats
+    lo..hi of it, at most max_beats in all) streams."""
+    first, last = max(lo - seen, 0), n
+    if max_beats is not None:
+        last = min(last, max_beats - seen)
+    if hi is not None:
+        last = min(last, hi - seen)
+    return first, max(first, last)
 
 
 def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSpec, reference: Reference,
         cross_reference: Reference | None = None,
-        on_progress: Callable[[Progress], None] | None = None) -> Result:
+        on_progress: Callable[[Progress], None] | None = None, shard_out: list | None = None) -> Result:
     """Benchmark `model` on `board`; typed failures come back inside the Result (status error, partial).
 
     With `spec.sweep` the model is uploaded once and the beats stream again per noise record and SNR
-    (`_sweep`); with `spec.noise` the one pass streams the noisy beats.
+    (`_sweep`); with `spec.noise` the one pass streams the noisy beats. With `spec.shard` only that range
+    of beats streams, and `shard_out` receives the running evidence for `merge`.
     """
     started = _now()
     tally = _Tally(profile_beat=spec.per_op_beat)
@@ -124,6 +146,8 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
         "records": list(spec.records), "max_beats": spec.max_beats, "data_dir": str(spec.mitdb_dir), "harness_version": __version__,
         "python": platform.python_version(), "started_at": started, "profile_path": str(profile.path),
     })
+    if spec.shard is not None:
+        result.provenance["shard"] = {"beats": list(spec.shard)}
     # The profile's limits travel with the figures, so a report can show used against allowed.
     result.memory.update(model_bytes=model.size_bytes, model_max_bytes=profile.model_max_bytes,
                          arena_limit_bytes=profile.arena_bytes)
@@ -199,22 +223,110 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
         _sweep(result, board, model, spec, reference, device, on_progress)
     result.provenance["finished_at"] = _now()
     if result.status == "pass" and tally.mismatching:
-        first = tally.first_mismatch
         localisation = _localise(board, model, hello, tally.first_mismatch_input, reference=reference.name)
-        result.bit_exact["localisation"] = localisation
-        result.status = "fail"
-        if model.task == "conformance":
-            seed = (model.inputs or {}).get("seed")
-            what, where = "seeded inputs", f"input {first['beat']} (seed {seed}"
-        else:
-            what, where = "beats", f"beat {first['beat']} (record {first['record']}, sample {first['sample']}"
-        result.failure = {
-            "kind": "mismatch", "code": "HIL501",
-            "message": (f"HIL501 {model.name}@{device}: {tally.mismatching} of {tally.verified} {what} differ "
-                        f"from {reference.name} (max |diff| {tally.max_abs_diff}); first at {where}, output "
-                        f"{first['output_index']}: device {first['device']} vs reference {first['reference']}); "
-                        f"{result.bit_exact['cross_check']['verdict']}; {localisation['summary']}"),
-        }
+        _mismatch(result, tally, model, device, reference.name, localisation)
+    if shard_out is not None:
+        shard_out.append(Shard(result, tally, hello, wall_s, skipped_edge, link))
+    return result
+
+
+def _mismatch(result: Result, tally: _Tally, model: Model, device: str, reference: str, localisation: dict) -> None:
+    first = tally.first_mismatch
+    result.bit_exact["localisation"] = localisation
+    result.status = "fail"
+    if model.task == "conformance":
+        seed = (model.inputs or {}).get("seed")
+        what, where = "seeded inputs", f"input {first['beat']} (seed {seed}"
+    else:
+        what, where = "beats", f"beat {first['beat']} (record {first['record']}, sample {first['sample']}"
+    result.failure = {
+        "kind": "mismatch", "code": "HIL501",
+        "message": (f"HIL501 {model.name}@{device}: {tally.mismatching} of {tally.verified} {what} differ "
+                    f"from {reference} (max |diff| {tally.max_abs_diff}); first at {where}, output "
+                    f"{first['output_index']}: device {first['device']} vs reference {first['reference']}); "
+                    f"{result.bit_exact['cross_check']['verdict']}; {localisation['summary']}"),
+    }
+
+
+@dataclass
+class Shard:
+    """One board's share of a sharded run: its Result and the evidence `merge` adds up."""
+
+    result: Result
+    tally: _Tally
+    hello: object
+    wall_s: float
+    skipped_edge: int
+    link: dict
+
+
+_SUMMED = ("verified", "mismatching", "cross_mismatching", "refs_disagree", "resolved", "argmax_verified")
+_MAXED = ("max_abs_diff", "cross_max_abs_diff", "refs_max_abs_diff")
+_LISTS = ("cycles", "wall_ns", "y_true", "y_pred", "errors", "is_normal", "true_chars", "pred_chars")
+
+
+def merge(shards: Sequence[Shard], model: Model, profile: Profile, device: str, spec: BenchSpec) -> Result:
+    """One Result from the shards of one run, in beat order, as if one board had streamed every beat.
+
+    Counts add up, maxima take the maximum, and the per-beat lists (cycles, labels, errors) are joined in
+    beat order, so accuracy, the confusion matrix, the bit-exact tally, latency percentiles and the beat-set
+    fingerprint are exactly the single-board figures. Throughput is the whole run's: all beats over the
+    slowest shard's wall time (the shards stream at the same time).
+    """
+    shards = sorted(shards, key=lambda s: s.result.provenance["shard"]["beats"][0])
+    tally = _Tally()
+    for part in shards:
+        for key in _SUMMED:
+            setattr(tally, key, getattr(tally, key) + getattr(part.tally, key))
+        for key in _MAXED:
+            setattr(tally, key, max(getattr(tally, key), getattr(part.tally, key)))
+        for key in _LISTS:
+            getattr(tally, key).extend(getattr(part.tally, key))
+        for record, count in part.tally.record_counts:  # a record split between two shards is one entry
+            if tally.record_counts and tally.record_counts[-1][0] == record:
+                tally.record_counts[-1][1] += count
+            else:
+                tally.record_counts.append([record, count])
+        for record, counts in part.tally.per_record.items():
+            into = tally.per_record.setdefault(record, dict.fromkeys(counts, 0))
+            for key, value in counts.items():
+                into[key] = into.get(key, 0) + value
+        if tally.first_mismatch is None and part.tally.first_mismatch is not None:
+            tally.first_mismatch = part.tally.first_mismatch
+            tally.first_mismatch_input = part.tally.first_mismatch_input
+    head = shards[0].result
+    whole = dataclasses.replace(spec, shard=None)
+    result = Result(model=model.name, device=device, profile=profile.name, task=model.task)
+    result.provenance.update({k: v for k, v in head.provenance.items() if k not in ("shard", "board")})
+    result.provenance["finished_at"] = max(s.result.provenance.get("finished_at", "") for s in shards)
+    result.provenance["shards"] = [dict(s.result.provenance["shard"], board=s.result.provenance.get("board"),
+                                        status=s.result.status, wall_s=s.wall_s) for s in shards]
+    result.provenance["board"] = head.provenance.get("board")
+    result.memory = dict(head.memory)
+    result.bit_exact["reference"] = head.bit_exact.get("reference")
+    total, planned = _plan(model, whole)
+    result.beats["total"] = total
+    result.provenance["beat_set"] = planned.to_dict()
+    failed = [s.result for s in shards if s.result.status == "error"]
+    result.status = "error" if failed else "pass"
+    if failed:
+        result.partial = True
+        result.failure = dict(failed[0].failure)
+    _finish(result, tally, model, shards[0].hello, whole, max(s.wall_s for s in shards),
+            sum(s.skipped_edge for s in shards))
+    result.realtime = realtime.margin(result.latency, profile, model.input.nbytes, baud=spec.baud,
+                                      protocol=result.provenance.get("protocol"))
+    result.link = {key: sum(s.link.get(key, 0) for s in shards) for key in _LINK_KEYS}
+    # Per-op cycles come from the one shard that streamed the chosen beat; health is the first board's.
+    result.per_op = next((s.result.per_op for s in shards if (s.result.per_op or {}).get("source")), head.per_op)
+    result.health = head.health
+    if spec.noise is not None:
+        result.provenance["noise"] = spec.noise.provenance()
+        result.noise = dict(head.noise or {})
+    if result.status == "pass" and tally.mismatching:
+        first = next(s.result for s in shards if s.tally.mismatching)
+        _mismatch(result, tally, model, device, result.bit_exact["reference"],
+                  first.bit_exact.get("localisation") or {"summary": "localisation not run"})
     return result
 
 
@@ -251,18 +363,25 @@ def _stream(board: Board, model: Model, spec: BenchSpec, mix: noise.NoiseMix | N
     at record edges. Raises the board's HarnessError; the model must already be on the board."""
     skipped_edge = 0
     rate = LiveRate()
+    # Beats are numbered across the whole run; a shard streams only its contiguous range [lo, hi), so the
+    # beat numbers it reports, and the order of its per-beat figures, are the single-board run's.
+    lo, hi = spec.shard or (0, None)
+    seen = 0
     for name in spec.records:
-        if spec.max_beats is not None and tally.verified >= spec.max_beats:
+        if (spec.max_beats is not None and seen >= spec.max_beats) or (hi is not None and seen >= hi):
             break
         record = data.load_record(spec.mitdb_dir, name)
         if mix is not None:
             record = mix.apply(record)
         windows = data.beat_windows(record, model.window)
-        skipped_edge += windows.skipped
-        beats = windows.beats
-        if spec.max_beats is not None:
-            beats = beats[: spec.max_beats - tally.verified]
-        x = data.quantize(windows.x[: len(beats)], model.input.scale, model.input.zero_point)
+        if lo <= seen and (hi is None or seen < hi):
+            skipped_edge += windows.skipped  # counted once, by the shard holding the record's first beat
+        first, last = _cut(len(windows.beats), seen, lo, hi, spec.max_beats)
+        seen += len(windows.beats)
+        if last <= first:
+            continue
+        beats = windows.beats[first:last]
+        x = data.quantize(windows.x[first:last], model.input.scale, model.input.zero_point)
         x = x.reshape((len(beats),) + tuple(model.input.shape[1:]))
         expected = reference.run(x).reshape(len(beats), -1)
         cross = cross_reference.run(x).reshape(len(beats), -1) if cross_reference else None
@@ -271,7 +390,7 @@ def _stream(board: Board, model: Model, spec: BenchSpec, mix: noise.NoiseMix | N
             tally.refs_disagree += int(np.count_nonzero(diff.max(axis=1)))
             tally.refs_max_abs_diff = max(tally.refs_max_abs_diff, int(diff.max(initial=0)))
         flat = x.reshape(len(beats), -1)
-        base = tally.verified
+        base = lo + tally.verified
 
         def on_result(i: int, inference, *, _beats=beats, _expected=expected, _cross=cross, _base=base,
                       _x=flat) -> None:

@@ -233,6 +233,25 @@ def autodetect_port(expected_chip: str, *, ports: list[str] | None = None, befor
                        "plug the board in with a data cable, hold BOOT and press EN, or pass --device")
 
 
+def autodetect_ports(expected_chip: str, *, ports: list[str] | None = None, before: str = "default-reset",
+                     connect_attempts: int = 3, log: Log | None = None) -> list[str]:
+    """Every port whose board is an `expected_chip` (`--device auto` with several boards)."""
+    _check_chip(expected_chip)
+    candidates = usb_serial_ports() if ports is None else list(ports)
+    found = []
+    for port in candidates:
+        try:
+            if detect(port, before=before, connect_attempts=connect_attempts, log=log) == expected_chip:
+                found.append(port)
+        except FlashError as exc:
+            if log:
+                log(f"autodetect: {port}: {exc.message}")
+    if not found:
+        autodetect_port(expected_chip, ports=candidates, before=before, connect_attempts=connect_attempts,
+                        log=log)  # raises the error that names what was found instead
+    return found
+
+
 def needs_flash(hello_build_hash: str | None, build: Build) -> bool:
     """False only when the board reports the very build we would flash."""
     if not hello_build_hash or not build.build_hash:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from . import bench, compare, data, gate, htmlreport, manifest, noise, perfrule, refcache, report
+from . import bench, compare, data, farm, gate, htmlreport, manifest, noise, perfrule, refcache, report
 from .board import Board
 from .errors import ConfigError, HarnessError
 from .model import TASKS, Model, check_model, load_registry, load_user_model, sidecar_path
@@ -40,6 +40,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--device", action="append", default=None, metavar="DEV",
                 help="board to run on: 'virtual' (default), a port such as /dev/ttyUSB0, a pyserial URL "
                      "(socket://host:port) or 'auto'; repeat for several boards")
+    g.addoption("--spread", default="each", choices=farm.SPREADS,
+                help="with several --device boards (run in parallel): 'each' board runs every model (default), "
+                     "'models' runs each model once on the next free board, 'beats' splits each model's beats "
+                     "over the boards (same profile) and merges the figures exactly")
     g.addoption("--target", default=None, metavar="PROFILE",
                 help="device profile (device_profiles/<name>.yaml or a path); default: 'virtual' for the "
                      "virtual board, 'esp32' otherwise")
@@ -134,6 +138,10 @@ class DeviceSlot:
     link: object | None = None
     protocol: str = "hil"
     alt: dict = field(default_factory=dict)  # --kernels both on the virtual board: kernels → (board, virtual)
+    label: str = ""  # the device, numbered when `virtual` is given more than once
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.device
 
 
 @dataclass
@@ -153,6 +161,8 @@ class HilSession:
     gate_alpha: float | None = None
     candidates: dict = field(default_factory=dict)  # candidate model name → committed model name
     baseline_lines: list[str] = field(default_factory=list)
+    spread: str = "each"
+    farm: farm.Farm | None = None
     results: list[Result] = field(default_factory=list)
     aborted: str | None = None
     report_notes: list[str] = field(default_factory=list)
@@ -165,7 +175,7 @@ class HilSession:
         if mix is not None and opt.update_baseline:
             raise ConfigError("--update-baseline with --noise", "baselines hold clean figures: drop --noise "
                               "(a --noise-sweep run may update them, its first pass is clean)", code="HIL150")
-        devices = opt.device or ["virtual"]
+        devices = _expand_devices(opt.device or ["virtual"], opt.target)
         protocols = opt.protocol or []
         if len(protocols) > 1 and len(protocols) != len(devices):
             raise ConfigError(f"--protocol given {len(protocols)} times for {len(devices)} --device",
@@ -179,7 +189,10 @@ class HilSession:
             name = opt.target or ("virtual" if device == "virtual" else "esp32")
             profile = load_profile(name)
             protocol = protocols[i if len(protocols) > 1 else 0] if protocols else profile.protocol
-            slots.append(DeviceSlot(device=device, profile=profile, protocol=protocol))
+            label = f"virtual#{devices[:i + 1].count('virtual')}" if devices.count("virtual") > 1 and \
+                device == "virtual" else device
+            slots.append(DeviceSlot(device=device, profile=profile, protocol=protocol, label=label))
+        _check_spread(opt, slots)
         if opt.kernels == "both" and (opt.build_dir or opt.skip_flash) and any(d != "virtual" for d in devices):
             raise ConfigError("--kernels both with --build-dir or --skip-flash",
                               "--kernels both builds and flashes the esp-nn and the reference firmware in turn: "
@@ -219,14 +232,72 @@ class HilSession:
                    reference=opt.reference, out_dir=out_dir, baseline_dir=baseline_dir,
                    update_baseline=opt.update_baseline, reference_cache=cache,
                    gate_mode=opt.gate_mode, gate_alpha=opt.gate_alpha, candidates=candidates,
+                   spread=opt.spread if len(slots) > 1 else "each",
                    options={"baud": opt.baud, "window": opt.window, "build_dir": opt.build_dir,
                             "skip_flash": opt.skip_flash, "throttle": opt.virtual_throttle,
                             "faults": tuple(opt.virtual_fault or ()), "mlperf_model_id": opt.mlperf_model_id,
                             "latency_rule": opt.latency_rule, "mlperf_window_s": opt.mlperf_window_s,
                             "kernels": opt.kernels, "calibrate": opt.calibrate})
 
-    def cases(self) -> list[tuple[Model, DeviceSlot]]:
+    def cases(self) -> list[tuple[Model, DeviceSlot | None]]:
+        """(model, board) per test; board None when the farm picks the boards (--spread models/beats)."""
+        if self.spread != "each":
+            return [(m, None) for m in self.models]
         return [(m, s) for s in self.slots for m in self.models]
+
+    def case_id(self, case) -> str:
+        model, slot = case
+        return f"{model.name}@{slot.label}" if slot is not None else f"{model.name}@{self.spread}:{len(self.slots)}"
+
+    # -- many boards ------------------------------------------------------------------------------------
+    def start_farm(self) -> farm.Farm:
+        """Queue every case's work and start a thread per board (once, at the first HIL case)."""
+        if self.farm is None:
+            self.farm = farm.Farm(self.slots, connect=self.board, run=self._run_one, label=lambda s: s.label,
+                                  disconnect=self._disconnect)
+            for case in self.cases():
+                model, slot = case
+                if self.spread == "beats" and model.task != "conformance":  # seeded inputs: one board
+                    total = bench.count_beats(model, self.spec)
+                    for rng in farm.split(total, len(self.slots)):
+                        self.farm.add(farm.Job(case=self.case_id(case), model=model, shard=rng))
+                else:
+                    self.farm.add(farm.Job(case=self.case_id(case), model=model, pinned=slot))
+            self.farm.start()
+        return self.farm
+
+    def farm_result(self, case) -> Result:
+        """Wait for a case's work on the farm; its merged Result, gated and recorded."""
+        model, slot = case
+        jobs = [j for j in self.start_farm().jobs if j.case == self.case_id(case)]
+        self.farm.wait(jobs)
+        errors = [j.error for j in jobs if j.error is not None]
+        if errors:
+            raise errors[0]
+        not_run = [j.not_run for j in jobs if j.not_run]
+        if not_run:
+            raise farm_not_run(not_run[0])
+        if self.spread == "beats" and jobs[0].shard is not None:
+            profile = self.slots[0].profile
+            boards = "+".join(dict.fromkeys(j.result.device for j in jobs))  # in beat order
+            result = bench.merge([j.shard_state for j in jobs], model, profile, boards, self.spec)
+        else:
+            result = jobs[0].result
+            profile = next(s.profile for s in self.slots if s.label == result.device)
+        return self._gate_and_keep(result, model, profile)
+
+    def _disconnect(self, slot: DeviceSlot) -> None:
+        board, link, virtual = slot.board, slot.link, slot.virtual
+        slot.board = slot.link = slot.virtual = None
+        try:
+            if board is not None:
+                board.close()
+            elif link is not None:
+                link.close()
+        finally:
+            if virtual is not None:
+                virtual.stop()
+
 
     # -- boards -----------------------------------------------------------------------------------------
     def board(self, slot: DeviceSlot) -> Board:
@@ -290,6 +361,8 @@ class HilSession:
         return board
 
     def close(self) -> None:
+        if self.farm is not None:
+            self.farm.join(timeout=1.0)
         for slot in self.slots:
             if slot.board is not None:
                 slot.board.close()  # and its link
@@ -365,9 +438,18 @@ class HilSession:
         return refs[0], refs[1]
 
     def run(self, model: Model, slot: DeviceSlot, progress) -> Result:
+        result, _ = self._run_one(model, slot, None, progress)
+        return self._gate_and_keep(result, model, slot.profile)
+
+    def _run_one(self, model: Model, slot: DeviceSlot, shard: tuple[int, int] | None, progress=None):
+        """One bench run on one board (a shard of the beats when given) → (Result, bench.Shard | None)."""
         board = self.board(slot)
         ref, cross = self.references(model)
-        result = bench.run(board, model, slot.profile, slot.device, self.spec, ref, cross, on_progress=progress)
+        spec = self.spec if shard is None else dataclasses.replace(self.spec, shard=shard)
+        states: list = []
+        result = bench.run(board, model, slot.profile, slot.label, spec, ref, cross, on_progress=progress,
+                           shard_out=states)
+        result.provenance["board"] = board_provenance(slot, board)
         if slot.protocol == "hil":
             from . import kernels
 
@@ -384,20 +466,24 @@ class HilSession:
             result.provenance["reference_cache"] = {"dir": str(self.reference_cache),
                                                     "hits": ref.hits + cross.hits,
                                                     "misses": ref.misses + cross.misses}
-        self._gate(result, model, slot)
+        return result, states[0] if states else None
+
+    def _gate_and_keep(self, result: Result, model: Model, profile: Profile) -> Result:
+        self._gate(result, model, profile)
         self.results.append(result)
         return result
 
-    def _gate(self, result: Result, model: Model, slot: DeviceSlot) -> None:
+    def _gate(self, result: Result, model: Model, profile: Profile) -> None:
         """Outcomes against the baseline (or, for a candidate, against the committed model of this run)."""
         committed_name = self.candidates.get(model.name)
         if committed_name is not None:
-            committed = next((r for r in self.results if r.model == committed_name and r.device == slot.device),
-                             None)
+            # On a farm the two may have run on different boards of the profile (--spread models/beats).
+            committed = next((r for r in self.results if r.model == committed_name and
+                              (r.device == result.device or self.spread != "each")), None)
             outcomes = gate.compare_candidate(result, committed, alpha=self.gate_alpha)
             gate.apply(result, outcomes, mode="warn", candidate=True)
             return
-        baseline = gate.load_baseline(self.baseline_dir / f"{slot.profile.name}.json")
+        baseline = gate.load_baseline(self.baseline_dir / f"{profile.name}.json")
         outcomes = gate.check(result, baseline, alpha=self.gate_alpha)
         if self.update_baseline:
             result.gate = [o.to_dict() for o in outcomes]  # reported, not enforced: this run is being accepted
@@ -417,6 +503,80 @@ def _per_op_beat(text: str) -> int | None:
     if value < 0:
         raise ConfigError(f"--per-op-beat '{text}' is not a beat number", "give 0, 1, ... or 'none'", code="HIL103")
     return value
+
+
+def _device_key(device: str) -> str | None:
+    """What identifies a board: a local port's real path, a URL; None for boards we start (virtual)."""
+    if device == "virtual":
+        return None
+    if "://" in device:
+        return device.split("?")[0].lower()
+    return os.path.realpath(device)
+
+
+def _expand_devices(devices: list[str], target: str | None) -> list[str]:
+    """--device as given, `auto` replaced by every port whose boot ROM reports the profile's chip; the same
+    board named twice (a by-id link and its tty, say) is refused before anything runs."""
+    out: list[str] = []
+    for device in devices:
+        if device == "auto":
+            from .flash import autodetect_ports  # probes the USB serial ports with esptool
+
+            out += autodetect_ports(load_profile(target or "esp32").chip)
+        else:
+            out.append(device)
+    seen: dict[str, str] = {}
+    for device in out:
+        key = _device_key(device)
+        if key is None:
+            continue
+        if key in seen:
+            same = f"'{device}'" if seen[key] == device else f"'{seen[key]}' and '{device}'"
+            raise ConfigError(f"--device names the same board twice: {same} ({key})",
+                              "give each board once; for several virtual boards repeat --device virtual",
+                              code="HIL133")
+        seen[key] = device
+    return out
+
+
+def _check_spread(opt, slots: list[DeviceSlot]) -> None:
+    if len(slots) < 2 or opt.spread != "beats":
+        return
+    profiles = {s.profile.name for s in slots}
+    if len(profiles) > 1:
+        raise ConfigError(f"--spread beats needs boards of one profile, got {', '.join(sorted(profiles))}",
+                          "give one --target for all boards, or use --spread each / models", code="HIL134")
+    if opt.noise_sweep:
+        raise ConfigError("--spread beats with --noise-sweep", "run the sweep with --spread each or models",
+                          code="HIL134")
+
+
+def board_provenance(slot: DeviceSlot, board: Board) -> dict:
+    """Which board produced a Result: port, chip, USB serial number (local USB ports), firmware build."""
+    hello = getattr(board, "last_hello", None)
+    info = {"port": slot.device, "chip": getattr(hello, "chip", None),
+            "firmware_build": getattr(hello, "build_hash", None)}
+    if slot.device != "virtual" and "://" not in slot.device:
+        try:
+            import serial.tools.list_ports
+
+            real = os.path.realpath(slot.device)
+            for port in serial.tools.list_ports.comports():
+                if os.path.realpath(port.device) == real and port.serial_number:
+                    info["usb_serial"] = port.serial_number
+        except Exception:  # noqa: BLE001 - provenance must never fail a run
+            pass
+    if slot.label != slot.device:
+        info["label"] = slot.label
+    return info
+
+
+def farm_not_run(reason: str) -> Exception:
+    return _NotRun(reason)
+
+
+class _NotRun(Exception):
+    pass
 
 
 def _parse_window(text: str) -> dict:
@@ -508,7 +668,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("hil_case", [None], ids=[_SETUP_FAILED_ID])
         return
     cases = hil.cases()
-    metafunc.parametrize("hil_case", cases, ids=[f"{m.name}@{s.device}" for m, s in cases])
+    metafunc.parametrize("hil_case", cases, ids=[hil.case_id(c) for c in cases])
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -558,6 +718,8 @@ class _ProgressLine:
 def run_case(hil: HilSession, case, request: pytest.FixtureRequest, record_property) -> Result:
     """Run one (model, device) case and turn its verdict into a one-line pytest outcome."""
     model, slot = case
+    if len(hil.slots) > 1:
+        return _run_farm_case(hil, case, record_property)
     try:
         hil.board(slot)
     except HarnessError as err:
@@ -578,6 +740,27 @@ def run_case(hil: HilSession, case, request: pytest.FixtureRequest, record_prope
     return result
 
 
+def _run_farm_case(hil: HilSession, case, record_property) -> Result:
+    """A case on the farm (several boards in parallel): wait for its work, then the same one-line verdict."""
+    model, _ = case
+    try:
+        result = hil.farm_result(case)
+    except HarnessError as err:  # the work itself failed (a host interpreter refused the model): one line
+        pytest.fail(str(err), pytrace=False)
+    except _NotRun as exc:
+        if hil.farm.all_quarantined() and not hil.results:
+            # No board could run anything: like an unreachable single board, one line and no report.
+            hil.aborted = (f"HIL260 no board usable, all quarantined: {hil.farm.summary()} -- fix: check the "
+                           f"boards' cables and ports, then run again")
+            pytest.exit(hil.aborted, returncode=3)
+        pytest.fail(f"HIL260 {hil.case_id(case)} not run: {exc}", pytrace=False)
+    for name, value in result.figures().items():
+        record_property(name, value)
+    if result.status != "pass":
+        pytest.fail(result.failure["message"], pytrace=False)
+    return result
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     hil = _session(session.config)
     if hil is None:
@@ -587,6 +770,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
             return
         info = {"exitstatus": int(exitstatus), "reference": hil.reference,
                 "records": list(hil.spec.records), "data_dir": str(hil.spec.mitdb_dir), "cwd": os.getcwd()}
+        if len(hil.slots) > 1:
+            info["boards"] = [s.label for s in hil.slots]
+            info["spread"] = hil.spread
+            info["quarantined"] = [{"device": q.device, "reason": q.reason}
+                                   for q in (hil.farm.quarantined if hil.farm else [])]
         if int(exitstatus) == pytest.ExitCode.INTERRUPTED:
             info["partial"] = (f"the session was interrupted after {len(hil.results)} of {len(hil.cases())} "
                                "model × board runs")
@@ -634,6 +822,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(line)
     for line in report.format_realtime(hil.results) + report.format_noise(hil.results) + perfrule.lines(hil.results):
         terminalreporter.write_line(line)
+    if hil.farm is not None:
+        for q in hil.farm.quarantined:
+            terminalreporter.write_line(f"quarantined: {q.device} ({q.reason}); the run went on without it")
     from . import kernels, perop  # per-op, health, cycles-vs-wall and kernels side by side, one line each
 
     for line in perop.board_lines(hil.results) + kernels.lines(hil.results):
