@@ -4,8 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 MITDB  ?= ../shared/mitdb
+LGVENV := .venv-labgrid
 
-.PHONY: conformance bench-farm system-packages hil-board board-idle ci-summary idf-version report bench test bench-full bench-speed bench-noise bench-protocols bench-gate lib models model models-smoke clean fuzz fuzz-smoke soak
+.PHONY: labgrid conformance bench-farm system-packages hil-board board-idle ci-summary idf-version report bench test bench-full bench-speed bench-noise bench-protocols bench-gate lib models model models-smoke clean fuzz fuzz-smoke soak
 
 $(VENV)/.installed: pyproject.toml
 	@echo "== setting up $(VENV): hil-bench and its test dependencies from PyPI (about a minute the first time)"
@@ -44,7 +45,7 @@ report: $(VENV)/.installed
 ## The test suite (unit and C core tests, recipe smoke runs, the HIL suite on the virtual board). Its HIL
 ## reports go to out/test, so that `make bench`'s out/ survives a test run; its gate is strict (a figure it
 ## cannot compare with baselines/virtual.json fails, as in CI).
-test: $(VENV)/.train
+test: $(VENV)/.train $(LGVENV)/.installed
 	$(PYTEST) --out out/test --gate strict
 
 ## All 48 MIT-BIH records (109,494 beats) from $(MITDB) on the virtual board.
@@ -135,3 +136,12 @@ system-packages:
 ## sharded over 4 boards vs one board (wall time, merged figures identical). Takes several minutes.
 bench-farm: $(VENV)/.installed
 	$(PY) -m harness.farmbench --mitdb $(MITDB)
+
+## labgrid in its own virtualenv (.venv-labgrid): it depends on pyserial-labgrid, which replaces pyserial's
+## `serial` package and registers a pytest plugin, so it stays out of .venv. --device labgrid:PLACE runs its
+## helper (harness/lgplace.py) with this interpreter; tests/test_labgrid.py starts a coordinator with it.
+labgrid: $(LGVENV)/.installed
+$(LGVENV)/.installed:
+	$(PYTHON) -m venv $(LGVENV)
+	$(LGVENV)/bin/python -m pip install --quiet "labgrid==26.0.1"
+	touch $@

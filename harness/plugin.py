@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from . import bench, compare, data, farm, gate, htmlreport, manifest, noise, perfrule, refcache, report
+from . import bench, compare, data, farm, gate, htmlreport, manifest, noise, perfrule, places, refcache, report
 from .board import Board
 from .errors import ConfigError, HarnessError
 from .model import TASKS, Model, check_model, load_registry, load_user_model, sidecar_path
@@ -44,6 +44,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="with several --device boards (run in parallel): 'each' board runs every model (default), "
                      "'models' runs each model once on the next free board, 'beats' splits each model's beats "
                      "over the boards (same profile) and merges the figures exactly")
+    g.addoption("--lg-coordinator", default=None, metavar="HOST:PORT",
+                help="labgrid coordinator for --device labgrid:PLACE (default: $LG_COORDINATOR)")
+    g.addoption("--lg-wait", type=float, default=0.0, metavar="S",
+                help="wait up to S seconds for a labgrid place someone else holds (default: fail at once)")
     g.addoption("--target", default=None, metavar="PROFILE",
                 help="device profile (device_profiles/<name>.yaml or a path); default: 'virtual' for the "
                      "virtual board, 'esp32' otherwise")
@@ -139,6 +143,7 @@ class DeviceSlot:
     protocol: str = "hil"
     alt: dict = field(default_factory=dict)  # --kernels both on the virtual board: kernels → (board, virtual)
     label: str = ""  # the device, numbered when `virtual` is given more than once
+    place: object | None = None  # the labgrid place held for a labgrid:PLACE device (harness/places.py)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.device
@@ -202,6 +207,11 @@ class HilSession:
                               + ("the virtual board's per-op figures are the cost model's own estimates"
                                  if all(d == "virtual" for d in devices) else "--per-op-beat none turns them off"),
                               "run --calibrate with --device on a board flashed with this firmware", code="HIL160")
+        if any(s.device.startswith(places.PREFIX) for s in slots):  # labgrid missing or no coordinator: now
+            places.labgrid_python()
+            lg_coordinator = places.coordinator(opt.lg_coordinator)
+        else:
+            lg_coordinator = None
         check_reference(opt.reference)  # a missing interpreter package is one line now, not a traceback later
         models = _load_models(opt)
         candidates = {}
@@ -237,7 +247,8 @@ class HilSession:
                             "skip_flash": opt.skip_flash, "throttle": opt.virtual_throttle,
                             "faults": tuple(opt.virtual_fault or ()), "mlperf_model_id": opt.mlperf_model_id,
                             "latency_rule": opt.latency_rule, "mlperf_window_s": opt.mlperf_window_s,
-                            "kernels": opt.kernels, "calibrate": opt.calibrate})
+                            "kernels": opt.kernels, "calibrate": opt.calibrate,
+                            "lg_coordinator": lg_coordinator, "lg_wait": opt.lg_wait})
 
     def cases(self) -> list[tuple[Model, DeviceSlot | None]]:
         """(model, board) per test; board None when the farm picks the boards (--spread models/beats)."""
@@ -287,8 +298,8 @@ class HilSession:
         return self._gate_and_keep(result, model, profile)
 
     def _disconnect(self, slot: DeviceSlot) -> None:
-        board, link, virtual = slot.board, slot.link, slot.virtual
-        slot.board = slot.link = slot.virtual = None
+        board, link, virtual, place = slot.board, slot.link, slot.virtual, slot.place
+        slot.board = slot.link = slot.virtual = slot.place = None
         try:
             if board is not None:
                 board.close()
@@ -297,6 +308,8 @@ class HilSession:
         finally:
             if virtual is not None:
                 virtual.stop()
+            if place is not None:
+                place.stop()  # releases the labgrid place
 
 
     # -- boards -----------------------------------------------------------------------------------------
@@ -321,10 +334,17 @@ class HilSession:
         else:
             from .device import prepare_board  # the real-board path: build, flash, reset
 
-            url = prepare_board(slot.device, profile, baud=baud, build_dir=self.options["build_dir"],
+            port = slot.device
+            if port.startswith(places.PREFIX):  # acquire the labgrid place; its port is an rfc2217:// URL
+                if slot.place is None:
+                    slot.place = places.LabgridPlace(port[len(places.PREFIX):], self.options["lg_coordinator"],
+                                                     wait_s=self.options["lg_wait"])
+                    slot.place.start()
+                port = slot.place.url
+            url = prepare_board(port, profile, baud=baud, build_dir=self.options["build_dir"],
                                 skip_flash=self.options["skip_flash"])
         slot.link = open_link(url, baud)
-        board = Board(slot.link, timeout_s=profile.timeout_s, window=window, name=slot.device)
+        board = Board(slot.link, timeout_s=profile.timeout_s, window=window, name=slot.label)
         hello = board.hello()  # our firmware answers, at the right baud, before any model is sent
         if slot.device != "virtual":  # a board we did not start: is it the one the profile describes?
             check_board(profile, hello, slot.device)
@@ -364,16 +384,21 @@ class HilSession:
         if self.farm is not None:
             self.farm.join(timeout=1.0)
         for slot in self.slots:
-            if slot.board is not None:
-                slot.board.close()  # and its link
-            elif slot.link is not None:
-                slot.link.close()
-            if slot.virtual is not None:
-                slot.virtual.stop()
-            for alt_board, alt_virtual in slot.alt.values():
-                alt_board.close()
-                alt_virtual.stop()
-            slot.alt.clear()
+            try:
+                if slot.board is not None:
+                    slot.board.close()  # and its link
+                elif slot.link is not None:
+                    slot.link.close()
+            finally:
+                if slot.virtual is not None:
+                    slot.virtual.stop()
+                if slot.place is not None:
+                    slot.place.stop()  # releases the labgrid place, also after a failure or Ctrl-C
+                    slot.place = None
+                for alt_board, alt_virtual in slot.alt.values():
+                    alt_board.close()
+                    alt_virtual.stop()
+                slot.alt.clear()
 
     def _kernels_board(self, slot: DeviceSlot, build: str):
         """A board running the `build` kernels firmware, and what to do when its run is over.
@@ -506,10 +531,10 @@ def _per_op_beat(text: str) -> int | None:
 
 
 def _device_key(device: str) -> str | None:
-    """What identifies a board: a local port's real path, a URL; None for boards we start (virtual)."""
+    """What identifies a board: a local port's real path, a URL or labgrid place; None for boards we start."""
     if device == "virtual":
         return None
-    if "://" in device:
+    if "://" in device or device.startswith(places.PREFIX):
         return device.split("?")[0].lower()
     return os.path.realpath(device)
 
