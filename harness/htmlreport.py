@@ -678,6 +678,7 @@ def write_reports(out: Path, results: Sequence[Result], *, manifest: dict | None
     page = write(out / "report.html", results, manifest=manifest, session=session, partial_note=partial_note,
                  history_rows=history_rows, notes=notes, links=links)
     summary = report.write_summary_md(out / "summary.md", results, partial_note=partial_note,
+                                      quarantined=(session or {}).get("quarantined") or (),
                                       links={"report.html": "report.html", "results.json": "results.json",
                                              "junit.xml": "junit.xml"})
     return {"report": page, "summary": summary}

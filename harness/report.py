@@ -420,7 +420,7 @@ _GATE_MARK = {"regressed": "❌", "improved": "⬆️", "within_noise": "≈", "
 
 
 def format_markdown(results: Sequence[Result], *, partial_note: str | None = None,
-                    links: dict[str, str] | None = None) -> str:
+                    links: dict[str, str] | None = None, quarantined: Sequence[dict] = ()) -> str:
     """The run's summary as GitHub-flavoured Markdown: headline, table, gate lines, links to the artefacts.
 
     Short enough for a CI job summary or a pull-request comment: one table row per model × board and one
@@ -434,6 +434,8 @@ def format_markdown(results: Sequence[Result], *, partial_note: str | None = Non
              f"{counts['fail']} fail, {counts['error']} error" + (" (partial run)" if partial else ""), ""]
     if partial:
         lines += [f"> **Partial run:** {partial}; figures marked * cover only the verified beats.", ""]
+    for q in quarantined:  # several boards (harness/farm.py): one that failed twice was left out
+        lines += [f"> **Quarantined board:** {q.get('device')} ({q.get('reason')}); the run went on without it.", ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---:" if i in (3, 4, 5, 6, 7, 8) else "---" for i in range(len(header))) + "|")
     for row in rows:

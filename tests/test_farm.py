@@ -74,6 +74,8 @@ def test_models_spread_and_a_board_quarantined_mid_run(tmp_path):
     [q] = results["session"]["quarantined"]
     assert q["device"] == bad.port and "HIL31" in q["reason"]
     assert f"quarantined: {bad.port}" in text and "the run went on without it" in text
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert f"**Quarantined board:** {bad.port}" in summary  # what CI appends to the job page
 
 
 def test_every_board_unusable_is_one_line_without_report(tmp_path):
