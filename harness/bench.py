@@ -97,7 +97,10 @@ def _plan(model: Model, spec: BenchSpec) -> tuple[int, beatset.BeatSet]:
     planned = beatset.BeatSet()
     if spec.noise is not None:
         # Noisy beats are other inputs: the same annotations, but figures that must not meet clean ones.
-        planned.note(f"noise {spec.noise.spec} seed {spec.noise.seed}")
+        # The noise files count too: the bundled 300 s and the full records give other noise for one seed.
+        files = " ".join(f"{t.name}={beatset.record_digest(spec.noise.source.directory, t.name)}"
+                         for t in spec.noise.terms)
+        planned.note(f"noise {spec.noise.spec} seed {spec.noise.seed} {files}")
     lo, hi = spec.shard or (0, None)
     seen = 0
     for name in spec.records:

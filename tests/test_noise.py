@@ -294,5 +294,31 @@ def test_noise_run_on_the_virtual_board(tmp_path):
     assert prov["offset"]["213"] == noise.record_offset(11, "213", length)
     assert prov["records"]["213"]["terms"]["bw"]["snr_db"] == 6.0
     assert result["bit_exact"]["exact"] is True and result["beats"]["verified"] == 100
-    assert not result.get("regressions") and not result.get("gate")  # noisy beats are not gated
+    # Noisy beats are not the baseline's beats: accuracy is not compared (other beat-set fingerprint)
+    accuracy = [g for g in result.get("gate") or [] if g["metric"].startswith("accuracy")]
+    assert accuracy and all(g["outcome"] == "not_compared" for g in accuracy), result.get("gate")
+    assert not result.get("regressions")
     assert "ran with --noise bw:6,ma:12" in text
+
+
+def test_noise_changes_the_beat_set_fingerprint(tmp_path):
+    from harness.model import load_registry
+
+    model = load_registry(names=["cnn1d_beat"])[0]
+
+    def fingerprint(mix) -> str:
+        spec = bench.BenchSpec(mitdb_dir=data.BUNDLED_DIR, records=("232",), max_beats=50, noise=mix)
+        return bench._plan(model, spec)[1].fingerprint
+
+    clean = fingerprint(None)
+    bundled = noise.NoiseSource(noise.BUNDLED_DIR, bundled=True)
+    noisy = fingerprint(_mix(bundled, "ma:6", seed=1))
+    assert len({clean, noisy, fingerprint(_mix(bundled, "ma:6", seed=2)), fingerprint(_mix(bundled, "ma:0", seed=1))}) == 4
+    assert fingerprint(_mix(noise.NoiseSource(noise.BUNDLED_DIR, bundled=True), "ma:6", seed=1)) == noisy
+    other = tmp_path / "nstdb"  # other noise files, same spec and seed: other beats
+    other.mkdir()
+    for ext in ("hea", "dat"):
+        (other / f"ma.{ext}").write_bytes((noise.BUNDLED_DIR / f"ma.{ext}").read_bytes())
+    with open(other / "ma.dat", "r+b") as fh:
+        fh.write(b"\x01\x02\x03")
+    assert fingerprint(_mix(noise.NoiseSource(other, bundled=False), "ma:6", seed=1)) != noisy
