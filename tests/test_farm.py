@@ -116,3 +116,20 @@ def test_spread_beats_needs_one_profile(tmp_path):
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and results is None
     assert any("HIL134" in ln and "one profile" in ln for ln in text.splitlines()), text
+
+
+def test_auto_finds_every_board_of_the_chip():
+    """`--device auto` with several boards: every port whose boot ROM answers as the profile's chip."""
+    from esp32_mock_bootloader.advanced import process as mock_process
+
+    from harness.flash import autodetect_ports
+
+    started = [mock_process.start_pty(timeout=60, chip=chip) for chip in ("esp32s3", "esp32c3", "esp32s3")]
+    try:
+        ports = [pty for _, pty in started]
+        assert autodetect_ports("esp32s3", ports=ports, connect_attempts=1) == [ports[0], ports[2]]
+        assert autodetect_ports("esp32c3", ports=ports, connect_attempts=1) == [ports[1]]
+    finally:
+        for proc, _ in started:
+            proc.terminate()
+            proc.wait(timeout=5)

@@ -199,3 +199,30 @@ def test_labgrid_not_installed_or_no_coordinator(tmp_path):
     one_line(proc, results, "HIL250", "labgrid is not installed", "make labgrid")
     proc, results = run_bench(tmp_path, None, "--device", "labgrid:board1")
     one_line(proc, results, "HIL257", "coordinator", "LG_COORDINATOR")
+
+
+def test_ctrl_c_releases_the_place(tmp_path, lab):
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["LG_COORDINATOR"] = lab.address
+    cmd = [sys.executable, "-m", "pytest", str(REPO / "tests" / "hil"), "-q", "--models", "cnn1d_beat",
+           "--target", "virtual", "--skip-flash", "--device", "labgrid:board1", "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while lab.acquired("board1") == "None" and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert lab.acquired("board1") != "None", "the bench never acquired the place"
+        time.sleep(3)  # streaming the bundled records (8,000 beats) now
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    deadline = time.monotonic() + 30
+    while lab.acquired("board1") != "None" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert lab.acquired("board1") == "None"
