@@ -137,3 +137,16 @@ def lines(results) -> list[str]:
             text = f"no speedup: {speed.get('reason')}"
         out.append(f"kernels {r.name}: {verdicts}; {text}")
     return out
+
+
+def evidence_lines(results) -> list[str]:
+    """One line when bit-exactness held by construction (the virtual board), naming the conformance models."""
+    by_construction = [r for r in results if (r.bit_exact or {}).get("evidence", "").startswith("by construction")]
+    if not by_construction:
+        return []
+    conformance = sorted({r.model for r in by_construction if r.task == "conformance"})
+    text = ("bit-exact by construction on the virtual board (TFLM reference kernels, as the tflm cross-check): "
+            "no evidence about a board's optimized kernels")
+    if conformance:
+        text += f"; the kernel conformance models ({len(conformance)}) are evidence only on a board"
+    return [text]

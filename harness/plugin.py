@@ -852,7 +852,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             terminalreporter.write_line(f"quarantined: {q.device} ({q.reason}); the run went on without it")
     from . import kernels, perop  # per-op, health, cycles-vs-wall and kernels side by side, one line each
 
-    for line in perop.board_lines(hil.results) + kernels.lines(hil.results):
+    for line in perop.board_lines(hil.results) + kernels.lines(hil.results) + kernels.evidence_lines(hil.results):
         terminalreporter.write_line(line)
     terminalreporter.write_line(f"results: {hil.out_dir / 'results.json'}   junit: {hil.out_dir / 'junit.xml'}   "
                                 f"report: {hil.out_dir / 'report.html'}   summary: {hil.out_dir / 'summary.md'}")

@@ -128,3 +128,4 @@ def test_a_wrong_op_is_named_with_its_shapes(tmp_path):
     assert result["task"] == "conformance" and result["accuracy"] == {}
     assert result["bit_exact"]["localisation"]["first"]["op"] == "FULLY_CONNECTED"
     assert "by construction" in result["bit_exact"]["evidence"]
+    assert "conformance models (1) are evidence only on a board" in proc.stdout
