@@ -1,4 +1,4 @@
-/* Stands in for ESP-IDF's components/esp_common/include/esp_err.h, for a syntax check without ESP-IDF. */
+/* Stands in for ESP-IDF's components/esp_common/include/esp_err.h, for running model_store.c on the host (tests/test_firmware.py). */
 #pragma once
 
 #include <stdint.h>

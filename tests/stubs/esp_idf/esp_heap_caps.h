@@ -1,4 +1,4 @@
-/* Stands in for ESP-IDF's components/heap/include/esp_heap_caps.h, for a syntax check without ESP-IDF. */
+/* Stands in for ESP-IDF's components/heap/include/esp_heap_caps.h, for running model_store.c on the host (tests/test_firmware.py). */
 #pragma once
 
 #include <stddef.h>

@@ -1,4 +1,4 @@
-/* Stands in for ESP-IDF's components/log/include/esp_log.h, for a syntax check without ESP-IDF. The
+/* Stands in for ESP-IDF's components/log/include/esp_log.h, for running model_store.c on the host. The
  * ESP_LOGx macros here only keep printf-style format checking; the real ones add level filtering. */
 #pragma once
 

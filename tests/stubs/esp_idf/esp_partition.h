@@ -1,5 +1,5 @@
-/* Stands in for ESP-IDF's components/esp_partition/include/esp_partition.h (v5.x), for a syntax check
- * without ESP-IDF. Only what firmware/main uses; same signatures. */
+/* Stands in for ESP-IDF's components/esp_partition/include/esp_partition.h (v5.x), for running model_store.c
+ * on the host over a fake flash. Only what model_store.c uses; same signatures. */
 #pragma once
 
 #include <stdbool.h>
