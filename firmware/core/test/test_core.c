@@ -1628,6 +1628,92 @@ static void test_upload_v11(void)
     expect_error(HIL_T_MODEL_END, 14, NULL, 0, HIL_E_BAD_STATE);
 }
 
+/* ---- OP_PROFILE and STATS (docs/protocol.md §12-13) ---- */
+
+static uint32_t g_profile_ops; /* how many ops the fake profiler reports */
+
+static int fake_profile(void *ctx, const uint8_t *input, uint32_t input_len, hil_op_sink_t sink, void *sink_ctx,
+                        uint64_t *cycles, char *msg, uint32_t msg_cap)
+{
+    /* The golden op_times vector: RESHAPE, CONV_2D, FULLY_CONNECTED of a 994278-cycle invoke. */
+    static const uint16_t builtin[3] = {22, 3, 17};
+    static const uint32_t op_cycles[3] = {4122, 74808, 7464};
+    uint32_t i;
+    (void)ctx;
+    (void)input;
+    (void)input_len;
+    (void)msg;
+    (void)msg_cap;
+    for (i = 0; i < g_profile_ops; i++) {
+        if (sink(sink_ctx, (uint16_t)i, i < 3u ? builtin[i] : 9u, i < 3u ? op_cycles[i] : 1u) != 0) {
+            break;
+        }
+    }
+    *cycles = 994278u;
+    return 0;
+}
+
+static int fake_health(void *ctx, hil_health_t *out)
+{
+    (void)ctx;
+    out->source = HIL_HEALTH_DEVICE;
+    out->stack_high_water = 2048;
+    out->stack_size = 12288;
+    out->heap_internal_free = 201344;
+    out->heap_internal_min_free = 187000;
+    out->psram_free = 8126464;
+    return 0;
+}
+
+static void test_op_profile_and_stats(void)
+{
+    static const uint8_t model[5] = {'m', 'o', 'd', 'e', 'l'};
+    static uint8_t input[187];
+    const reply_t *r;
+
+    /* Without the hooks: UNKNOWN_TYPE, as any request this device does not handle. */
+    fake_setup();
+    hil_core_init(&g_core, &g_port);
+    expect_error(HIL_T_STATS, 70, NULL, 0, HIL_E_UNKNOWN_TYPE);
+    expect_error(HIL_T_OP_PROFILE, 71, input, sizeof input, HIL_E_UNKNOWN_TYPE);
+
+    /* With them, no model: STATS answers (arena_used 0), OP_PROFILE is BAD_STATE like INFER. */
+    g_port.profile = fake_profile;
+    g_port.health = fake_health;
+    r = expect_reply(HIL_T_STATS, 72, NULL, 0, HIL_T_STATS_ACK);
+    CHECK_EQ_U(r->len, 32);
+    CHECK_EQ_U(rd32(r->payload + 24), 0);
+    expect_error(HIL_T_OP_PROFILE, 73, input, sizeof input, HIL_E_BAD_STATE);
+
+    /* A loaded model (arena_used 6352): both answers are the golden frames, byte for byte. */
+    fake_setup();
+    g_port.profile = fake_profile;
+    g_port.health = fake_health;
+    memcpy(g_fake.store, model, 5);
+    hil_sha256(model, 5, g_fake.committed_sha);
+    g_fake.committed = 1;
+    g_fake.committed_size = 5;
+    g_fake.load_info.arena_used = 6352;
+    hil_core_init(&g_core, &g_port);
+    g_profile_ops = 3;
+    hil_core_feed(&g_core, vec("op_profile")->wire, vec("op_profile")->wire_len);
+    check_wire_equals("op_times");
+    g_fake.out_len = 0;
+    hil_core_feed(&g_core, vec("stats")->wire, vec("stats")->wire_len);
+    check_wire_equals("stats_ack");
+    g_fake.out_len = 0;
+
+    /* The wrong input size is refused before the platform runs anything. */
+    expect_error(HIL_T_OP_PROFILE, 74, input, sizeof input - 1u, HIL_E_BAD_INPUT_SIZE);
+    /* A model with more ops than one OP_TIMES frame carries: an error, never a truncated table. */
+    g_profile_ops = HIL_MAX_OP_TIMES + 1u;
+    expect_error(HIL_T_OP_PROFILE, 75, input, sizeof input, HIL_E_INVOKE_FAILED);
+    g_profile_ops = HIL_MAX_OP_TIMES;
+    r = expect_reply(HIL_T_OP_PROFILE, 76, input, sizeof input, HIL_T_OP_TIMES);
+    CHECK_EQ_U(r->len, HIL_OP_TIMES_HEADER_BYTES + HIL_MAX_OP_TIMES * HIL_OP_TIME_BYTES);
+    CHECK_EQ_U(HIL_MAX_OP_TIMES, 510);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -1652,6 +1738,7 @@ int main(int argc, char **argv)
     test_dump();
     test_golden_rejects();
     test_upload_v11();
+    test_op_profile_and_stats();
     printf("%d checks, %d failures, sizeof(hil_core_t) = %lu\n", g_checks, g_failures,
            (unsigned long)hil_core_sizeof());
     return g_failures == 0 ? 0 : 1;
