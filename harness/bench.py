@@ -145,6 +145,9 @@ def run(board: Board, model: Model, profile: Profile, device: str, spec: BenchSp
     result.provenance.update({
         "model_sha256": model.sha256, "model_path": str(model.path), "model_source": model.source,
         "window": dataclasses.asdict(model.window) if model.window is not None else None,
+        # What the input uses that a device would not have at the R peak (whole-record statistics,
+        # annotated neighbouring R peaks, look-ahead): empty when nothing, so a figure says if it is causal.
+        "input_causality": model.window.causality() if model.window is not None else [],
         "reference": _ref_info(reference), "cross_reference": _ref_info(cross_reference),
         "records": list(spec.records), "max_beats": spec.max_beats, "data_dir": str(spec.mitdb_dir), "harness_version": __version__,
         "python": platform.python_version(), "started_at": started, "profile_path": str(profile.path),

@@ -19,6 +19,11 @@ from .errors import DataError
 
 NORMALIZATIONS = ("none", "beat_zscore", "record_zscore", "beat_minmax")
 MASKS = ("none", "half_rr")
+# Rhythm features appended after the morphology samples (see rhythm_features); value = how many.
+RHYTHMS = {"none": 0, "rr": 6}
+RR_LOCAL_BEATS = 10   # the local mean RR covers this many RR intervals ending at the beat
+RR_GAIN = 2.0         # rhythm values (seconds, ratios) × this, so they use the int8 range like z-scores
+RR_CLIP = 8.0         # ... clipped to [0, RR_CLIP]: a 6 s pause (record 232) would otherwise set the scale
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,10 @@ class WindowSpec:
     (non-overlapping means, which also low-passes), then normalized. `mask: half_rr` then sets to 0 every
     sample outside the beat's own half-RR neighbourhood (halfway to the previous R peak up to halfway to
     the next), so a long window shows one beat and not its neighbours.
+
+    `rhythm: rr` appends RHYTHMS["rr"] = 6 values after the morphology samples (see rhythm_features): the
+    model's single INT8 input holds both, quantized with the same scale, so the board receives exactly
+    what the model was trained on. `length` counts them; `morphology_length` does not.
     """
 
     before: int
@@ -37,10 +46,31 @@ class WindowSpec:
     decimate: int = 1
     normalize: str = "none"
     mask: str = "none"
+    rhythm: str = "none"
+
+    @property
+    def morphology_length(self) -> int:
+        return (self.before + self.after) // self.decimate
 
     @property
     def length(self) -> int:
-        return (self.before + self.after) // self.decimate
+        return self.morphology_length + RHYTHMS.get(self.rhythm, 0)
+
+    def causality(self) -> list[str]:
+        """What this input uses that a device would not have at the beat's R peak (empty: nothing).
+
+        Bench results carry it (provenance["input_causality"]), so a figure from a non-causal input says so.
+        """
+        notes = []
+        if self.normalize == "record_zscore":
+            notes.append("record_zscore: mean and std of the whole record (future samples included)")
+        if self.mask == "half_rr":
+            notes.append("half_rr mask: the annotated previous and next R peaks (one beat of look-ahead, "
+                         "annotated rather than detected)")
+        if self.rhythm == "rr":
+            notes.append("rhythm rr: RR intervals of the annotated R peaks; post-RR needs the next R peak "
+                         "(one beat of latency); local and running means are causal")
+        return notes
 
 
 # --- Classes and record lists ------------------------------------------------------------------------
@@ -240,7 +270,10 @@ def beat_windows(record: Record, spec: WindowSpec) -> Windows:
                         code="HIL127")
     if spec.mask not in MASKS:
         raise DataError(f"unknown window mask '{spec.mask}'", f"use one of {', '.join(MASKS)}", code="HIL127")
-    if spec.decimate < 1 or spec.length < 1:
+    if spec.rhythm not in RHYTHMS:
+        raise DataError(f"unknown rhythm features '{spec.rhythm}'", f"use one of {', '.join(RHYTHMS)}",
+                        code="HIL127")
+    if spec.decimate < 1 or spec.morphology_length < 1:
         raise DataError(f"window {spec} is empty", "before + after must be at least decimate samples",
                         code="HIL127")
     if not 0 <= spec.channel < record.signal.shape[1]:
@@ -248,16 +281,22 @@ def beat_windows(record: Record, spec: WindowSpec) -> Windows:
                         f"(it has {', '.join(record.channels)})", "use channel 0 (MLII) or 1", code="HIL127")
 
     signal = record.signal[:, spec.channel].astype(np.float64)
-    span = spec.length * spec.decimate  # samples actually used; a remainder after the last block is dropped
+    length = spec.morphology_length
+    span = length * spec.decimate  # samples actually used; a remainder after the last block is dropped
     starts = record.r_peaks - spec.before
     inside = (starts >= 0) & (starts + span <= signal.shape[0])
+    if spec.rhythm != "none":  # the first and last beats have no pre- or post-RR: skipped like edge beats
+        inside[:1] = False
+        inside[-1:] = False
     kept = np.flatnonzero(inside)
 
     windows = signal[starts[kept, None] + np.arange(span)[None, :]]
-    windows = windows.reshape(len(kept), spec.length, spec.decimate).mean(axis=2)
+    windows = windows.reshape(len(kept), length, spec.decimate).mean(axis=2)
     windows = _normalize(windows, signal, spec.normalize)
     if spec.mask == "half_rr":
         windows = _mask_half_rr(windows, record.r_peaks, kept, starts[kept], spec)
+    if spec.rhythm == "rr":
+        windows = np.concatenate([windows, rhythm_features(record.r_peaks, record.fs)[kept]], axis=1)
 
     beats = [Beat(record=record.name, index=int(i), sample=int(record.r_peaks[i]),
                   symbol=record.symbols[i], aami=AAMI_MAP[record.symbols[i]]) for i in kept]
@@ -265,6 +304,39 @@ def beat_windows(record: Record, spec: WindowSpec) -> Windows:
 
 
 _EPS = 1e-6
+
+RR_FEATURES = ("pre_rr_s", "post_rr_s", "local_rr_s", "pre_rr_ratio", "post_rr_ratio", "local_rr_ratio")
+
+
+def rhythm_features(r_peaks: np.ndarray, fs: float) -> np.ndarray:
+    """RR_FEATURES of every beat (float64 [n_beats, 6], × RR_GAIN, clipped to [0, RR_CLIP]).
+
+    pre-RR (this R peak − the previous), post-RR (the next − this: one beat of latency, the only value
+    from after the beat), local RR (mean of the last RR_LOCAL_BEATS pre-RRs, this one included), and each
+    divided by the running mean RR of the record so far (every pre-RR up to this beat's). Nothing else
+    from the future and no whole-record statistic. Row 0 (no pre-RR) and the last row (no post-RR) are
+    placeholders: beat_windows skips those beats.
+    """
+    r = np.asarray(r_peaks, dtype=np.float64)
+    n = len(r)
+    out = np.zeros((n, len(RR_FEATURES)))
+    if n < 2:
+        return out
+    rr = np.empty(n)
+    rr[1:] = np.diff(r) / fs
+    rr[0] = rr[1]  # placeholder for beat 0, never used by a kept beat
+    pre = rr
+    post = np.r_[rr[1:], rr[-1]]
+    cum = np.cumsum(rr[1:])  # cum[k] = sum of rr[1..k+1]
+    local = np.empty(n)
+    running = np.empty(n)
+    for i in range(n):
+        hi = max(i, 1)
+        lo = max(1, hi - RR_LOCAL_BEATS + 1)
+        local[i] = (cum[hi - 1] - (cum[lo - 2] if lo >= 2 else 0.0)) / (hi - lo + 1)
+        running[i] = cum[hi - 1] / hi
+    out[:] = np.stack([pre, post, local, pre / running, post / running, local / running], axis=1)
+    return np.clip(out * RR_GAIN, 0.0, RR_CLIP)
 
 
 def _mask_half_rr(windows: np.ndarray, r_peaks: np.ndarray, kept: np.ndarray, starts: np.ndarray,

@@ -38,7 +38,7 @@ ANOMALY_ERRORS = ("mse", "mae")
 # Keys of a registry entry; a sidecar has the same keys minus `file`.
 _ENTRY_KEYS = ("name", "file", "float_file", "task", "labels", "label_map", "window", "inputs", "card", "recipe",
                "anomaly", "description")
-_WINDOW_KEYS = ("before", "after", "channel", "decimate", "normalize", "mask")
+_WINDOW_KEYS = ("before", "after", "channel", "decimate", "normalize", "mask", "rhythm")
 _ANOMALY_KEYS = ("error", "threshold", "normal_labels")
 
 
@@ -190,11 +190,14 @@ def _window(raw: Any, where: str) -> data.WindowSpec:
     mask = raw.get("mask") or "none"
     if mask not in data.MASKS:
         raise _meta_error(where, "window.mask", f"is '{mask}'", f"use one of {', '.join(data.MASKS)}")
+    rhythm = raw.get("rhythm") or "none"
+    if rhythm not in data.RHYTHMS:
+        raise _meta_error(where, "window.rhythm", f"is '{rhythm}'", f"use one of {', '.join(data.RHYTHMS)}")
     spec = data.WindowSpec(before=_int(raw, "before", where), after=_int(raw, "after", where),
                            channel=_int(raw, "channel", where, default=0),
                            decimate=_int(raw, "decimate", where, default=1, minimum=1), normalize=normalize,
-                           mask=mask)
-    if spec.length <= 0:
+                           mask=mask, rhythm=rhythm)
+    if spec.morphology_length <= 0:
         raise _meta_error(where, "window", f"covers {spec.before + spec.after} samples, fewer than decimate "
                           f"({spec.decimate})", "make before + after at least decimate")
     return spec

@@ -1,10 +1,14 @@
-"""Shared helpers of the training recipes in models/*/train.py (TensorFlow side, never imported at runtime).
+"""The recipe runner every models/*/train.py uses (TensorFlow side, never imported at runtime).
 
 Data always comes through harness.data (records, AAMI map, DS1/DS2, windowing), so a model is trained on
 exactly the inputs the harness sends the board. Here: the two evaluation protocols (inter_patient,
-intra_patient), loading windowed beats, deterministic setup, magnitude pruning with fixed masks, INT8
-conversion, TFLite evaluation, the AAMI metrics (through harness.metrics) and the harness's own view of
-a model (harness_figures: MACs, arena).
+intra_patient) and the split of each (load_split, --smoke included), the DS1 patient hold-out every choice
+is made on (patient_holdout; DS2 is only ever the final test), class weights, the command line
+(cli, output_dir: an intra-only run never writes into the committed folder), deterministic setup,
+magnitude pruning with fixed masks, INT8 conversion, TFLite evaluation and the harness's reference
+(reference_outputs), the AAMI metrics (through harness.metrics), step costs, and the metrics.json writer
+with the fields every family shares (common_metrics). A family's train.py holds its model and what is
+special about it.
 """
 
 from __future__ import annotations
@@ -56,9 +60,10 @@ def load_beats(mitdb_dir, names, spec: data.WindowSpec, label_of=None) -> BeatSe
     return BeatSet(np.concatenate(xs), np.concatenate(ys), np.concatenate(recs), names, skipped)
 
 
-def _take(beats: BeatSet, idx: np.ndarray) -> BeatSet:
-    """Rows idx of beats; `names` keeps only the records that still have a row there. `skipped` stays
-    the count of the whole record set (edge beats belong to no split)."""
+def take(beats: BeatSet, idx: np.ndarray) -> BeatSet:
+    """Rows idx (indices or a boolean mask) of beats; `names` keeps only the records that still have a
+    row there. `skipped` stays the count of the whole record set (edge beats belong to no split)."""
+    idx = np.flatnonzero(idx) if np.asarray(idx).dtype == bool else np.asarray(idx)
     kept = set(beats.records[idx].tolist())
     return BeatSet(beats.x[idx], beats.y[idx], beats.records[idx],
                    tuple(n for n in beats.names if n in kept), beats.skipped)
@@ -97,7 +102,7 @@ def intra_patient(mitdb_dir, spec: data.WindowSpec, label_of=None, test_fraction
         test_rows.append(rng.permutation(rows)[:n_test])
     in_test = np.zeros(len(beats.y), dtype=bool)
     in_test[np.concatenate(test_rows)] = True
-    return _take(beats, np.flatnonzero(~in_test)), _take(beats, np.flatnonzero(in_test))
+    return take(beats, np.flatnonzero(~in_test)), take(beats, np.flatnonzero(in_test))
 
 
 def subsample(beats: BeatSet, n: int, seed: int) -> BeatSet:
@@ -336,8 +341,22 @@ def classification_metrics(y: np.ndarray, pred: np.ndarray, classes: tuple[str, 
 def summary(m: dict) -> str:
     """One line of a classification_metrics result for the recipe's log."""
     pc = m["per_class"]
-    return (f"acc {m['accuracy']} macroF1 {m['macro_f1']} (NSVF {m['macro_f1_nsvf']}) | "
-            + " ".join(f"{c}: Se {pc[c]['se']} +P {pc[c]['ppv']}" for c in m["labels"]))
+    nsvf = f" (NSVF {m['macro_f1_nsvf']})" if "macro_f1_nsvf" in m else ""
+    return (f"acc {m['accuracy']} macroF1 {m['macro_f1']}{nsvf} | "
+            + " ".join(f"{c}: Se {pc[c]['se']} +P {pc[c]['ppv']}" for c in m["labels"] if c in pc))
+
+
+def step_costs(evals: dict, steps) -> dict:
+    """Accuracy and macro-F1 (N,S,V,F) change of each compression step, in percentage points.
+
+    steps: (name, from, to) keys of `evals` (classification_metrics results); a step whose ends are not
+    both in evals is left out (e.g. no full-precision twin).
+    """
+    out = {}
+    for name, a, b in steps:
+        if a in evals and b in evals:
+            out[name] = {k: round(100 * (evals[b][k] - evals[a][k]), 2) for k in ("accuracy", "macro_f1_nsvf")}
+    return out
 
 
 def _rounded(value):
@@ -348,3 +367,206 @@ def _rounded(value):
     if isinstance(value, list):
         return [_rounded(v) for v in value]
     return value
+
+
+# --- Class weights, splits and selection -------------------------------------------------------------
+
+def class_weights(y: np.ndarray, n_classes: int, power: float, *, cap: float = 30.0, min_beats: int = 50,
+                  reference: int | None = 0) -> dict[int, float]:
+    """{class: (n_reference / n_class) ** power}, capped at `cap`; a class with fewer than `min_beats`
+    beats (Q in DS1: 8) gets 1. reference=None measures against the largest class."""
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    ref = counts.max() if reference is None else counts[reference]
+    return {i: 1.0 if n < max(1, min_beats) else float(min(cap, (ref / n) ** power)) for i, n in enumerate(counts)}
+
+
+def split_stratified(beats: BeatSet, fraction: float, seed: int) -> tuple[BeatSet, BeatSet]:
+    """Random split by beat, stratified by label: (the rest, `fraction` of each label). Beats of one
+    patient land on both sides: only for the intra-patient protocol's own calibration."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(beats.y), dtype=bool)
+    for c in np.unique(beats.y):
+        idx = np.flatnonzero(beats.y == c)
+        held[rng.choice(idx, size=int(round(fraction * len(idx))), replace=False)] = True
+    return take(beats, ~held), take(beats, held)
+
+
+# The DS1 records every choice (class weights, thresholds, variants) is made on, by patient: every fourth
+# DS1 record, a fixed rule not chosen by looking at results. DS2 is only the final test.
+HOLDOUT_RECORDS = data.DS1[1::4]
+
+
+def patient_holdout(beats: BeatSet, records=HOLDOUT_RECORDS) -> tuple[BeatSet, BeatSet]:
+    """(fit, hold-out) of DS1 beats by patient: the hold-out records' beats are never trained on."""
+    held = np.isin(beats.records, list(records))
+    if not held.any() or held.all():  # --smoke: three bundled records; hold out the last one
+        held = beats.records == beats.names[-1]
+    return take(beats, ~held), take(beats, held)
+
+
+def select(candidates: dict, score) -> tuple[str, dict]:
+    """The candidate with the highest score(result) (first on ties), and the table of all scores."""
+    scores = {name: score(result) for name, result in candidates.items()}
+    best = max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
+    return best, scores
+
+
+SMOKE_BEATS = 300
+PROTOCOL_NAMES = {"inter": "inter_patient", "intra": "intra_patient"}
+
+
+def load_split(protocol: str, spec: data.WindowSpec, args, label_of=None) -> tuple[BeatSet, BeatSet]:
+    """(train, test) of a protocol; --smoke uses the bundled records and a few hundred beats."""
+    if args.smoke:
+        if protocol == "inter":  # three records cannot be split by patient: train and test on the same ones
+            train = test = load_beats(args.mitdb, "bundled", spec, label_of)
+        else:
+            train, test = intra_patient(args.mitdb, spec, label_of, records=data.BUNDLED_RECORDS)
+        return subsample(train, SMOKE_BEATS, args.seed), subsample(test, SMOKE_BEATS, args.seed + 1)
+    if protocol == "inter":
+        train, test = inter_patient(args.mitdb, spec, label_of)
+        overlap = set(train.names) & set(test.names)
+        if overlap:
+            raise SystemExit(f"train and test records overlap: {sorted(overlap)}")
+        return train, test
+    return intra_patient(args.mitdb, spec, label_of)
+
+
+# --- Command line and output -------------------------------------------------------------------------
+
+def cli(doc: str, family: str, **defaults):
+    """The argparse parser every recipe starts from: --mitdb, --out, --protocols, --seed, --smoke.
+    A recipe adds its own options and calls parse(parser, argv)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--mitdb", default=str(data.BUNDLED_DIR), help="MIT-BIH directory (wfdb files)")
+    ap.add_argument("--out", default=None,
+                    help=f"output directory (default models/{family}; a temp dir with --smoke or without the "
+                         "inter protocol, so the committed files are only ever written by an inter-patient run)")
+    ap.add_argument("--protocols", default=None,
+                    help="inter (train DS1, test DS2; writes the .tflite files) and/or intra (beat split); "
+                         "default inter,intra (inter only with --smoke)")
+    ap.add_argument("--seed", type=int, default=defaults.get("seed", 7))
+    ap.add_argument("--smoke", action="store_true",
+                    help="bundled records, a few hundred beats, one epoch, temp dir (CI)")
+    ap.set_defaults(family=family)
+    return ap
+
+
+def parse(ap, argv=None):
+    """Parse, resolve --protocols into args.protocol_list and --out into args.out_dir (a Path)."""
+    args = ap.parse_args(argv)
+    spec = args.protocols or ("inter" if args.smoke else "inter,intra")
+    protocols = [p.strip() for p in spec.split(",") if p.strip()]
+    if not protocols or set(protocols) - set(PROTOCOL_NAMES) or len(set(protocols)) != len(protocols):
+        raise SystemExit(f"--protocols takes inter and/or intra, got {spec!r}")
+    args.protocol_list = protocols
+    args.out_dir = output_dir(args.out, args.family, smoke=args.smoke, writes_committed="inter" in protocols)
+    return args
+
+
+def output_dir(out, family: str, *, smoke: bool, writes_committed: bool) -> Path:
+    """Where a run writes. The committed folder models/<family> only takes an inter-patient, non-smoke
+    run: an intra-only or smoke run goes to a temp dir (or --out elsewhere), so it never overwrites the
+    committed inter-patient files."""
+    import tempfile
+
+    committed = REPO / "models" / family
+    if out is None:
+        if smoke or not writes_committed:
+            path = Path(tempfile.mkdtemp(prefix=f"{family}_{'smoke' if smoke else 'intra'}_"))
+            print(f"writing to {path} (the committed files in models/{family} come from an inter-patient run)")
+            return path
+        path = committed
+    else:
+        path = Path(out)
+    if (smoke or not writes_committed) and path.resolve() == committed.resolve():
+        raise SystemExit(f"--out {out}: a {'--smoke' if smoke else 'intra-patient only'} run would overwrite the "
+                         f"committed inter-patient files of models/{family}; give another --out or add --protocols inter")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def window_dict(spec: data.WindowSpec) -> dict:
+    """The metrics.json form of a window (the registry's `window`, plus its length)."""
+    out = {"before": spec.before, "after": spec.after, "channel": spec.channel, "decimate": spec.decimate,
+           "normalize": spec.normalize}
+    if spec.mask != "none":
+        out["mask"] = spec.mask
+    if spec.rhythm != "none":
+        out["rhythm"] = spec.rhythm
+    out["length"] = spec.length
+    return out
+
+
+def int8_io(tflite: bytes) -> dict:
+    """Input and output shape, scale and zero point of a model (metrics.json's int8_io)."""
+    interp = interpreter(tflite)
+    interp.allocate_tensors()
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    return {"input_shape": inp["shape"].tolist(), "input_scale": float(inp["quantization"][0]),
+            "input_zero_point": int(inp["quantization"][1]), "output_shape": outp["shape"].tolist(),
+            "output_scale": float(outp["quantization"][0]), "output_zero_point": int(outp["quantization"][1])}
+
+
+def sha256s(**files: bytes) -> dict[str, str]:
+    import hashlib
+
+    return {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
+
+
+def versions(tf, keras, **more) -> dict:
+    import platform
+
+    return {"tensorflow": tf.__version__, ("tf_keras" if keras.__name__ == "tf_keras" else "keras"): keras.__version__,
+            **more, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def write_metrics(out: Path, metrics: dict) -> Path:
+    import json
+
+    path = Path(out) / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=1) + "\n")
+    return path
+
+
+# --- The harness's own INT8 reference ----------------------------------------------------------------
+
+_REFERENCE_SCRIPT = """
+import sys
+import numpy as np
+from harness.reference import TFLiteReference
+reference = TFLiteReference(open(sys.argv[1], 'rb').read())
+np.save(sys.argv[3], reference.run(np.load(sys.argv[2])))
+"""
+
+
+def reference_outputs(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
+    """int8 inputs [n, input values] → int8 outputs [n, output values] of harness.reference.TFLiteReference
+    (tflite-runtime BUILTIN_REF, the interpreter the bench checks the board against, bit for bit).
+
+    TensorFlow 2.21's own interpreter rounds differently on some ops (a step or two), and tflite-runtime
+    cannot load in a process that imported TensorFlow ("vector::reserve"): a child process runs it.
+    """
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hil-ref-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "model.tflite").write_bytes(tflite)
+        np.save(tmp / "inputs.npy", np.ascontiguousarray(inputs, dtype=np.int8))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        subprocess.run([sys.executable, "-c", _REFERENCE_SCRIPT, str(tmp / "model.tflite"), str(tmp / "inputs.npy"),
+                        str(tmp / "outputs.npy")], check=True, env=env, cwd=REPO)
+        return np.load(tmp / "outputs.npy")
+
+
+def reference_scores(tflite: bytes, x: np.ndarray) -> np.ndarray:
+    """Dequantized INT8 outputs [n, outputs] of float windows x, through harness.data.quantize and
+    reference_outputs: exactly what the bench computes from the board's bytes."""
+    interp = interpreter(tflite)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    raw = reference_outputs(tflite, data.quantize(x, *inp["quantization"]))
+    scale, zp = out["quantization"]
+    return (raw.reshape(len(x), -1).astype(np.float32) - zp) * np.float32(scale)

@@ -62,6 +62,7 @@ def test_clean_run_reports_every_figure_with_provenance(tmp_path):
     assert len(prov["model_sha256"]) == 64 and prov["firmware"]["chip"] == "virtual"
     assert prov["reference"]["name"] == "tflite-ref" and prov["reference"]["version"]
     assert prov["records"] == ["232"]
+    assert prov["input_causality"] == []   # cnn1d_beat's window uses nothing a device would not have
     junit = (out / "junit.xml").read_text()
     assert 'name="latency_p50_us_static_estimate"' in junit and 'name="model_sha256"' in junit
     assert prov["beat_set"]["beats"] == 200 and len(prov["beat_set"]["fingerprint"]) == 64

@@ -166,3 +166,45 @@ def test_committed_binary_weight_model_holds_only_plus_minus_one():
     for index in weights:
         values = set(np.unique(interp.get_tensor(index)).tolist())
         assert values == {-1, 1}, f"weight tensor {index} holds {sorted(values)}"
+
+
+# --- The recipe runner (models/training.py; no TensorFlow) -------------------------------------------
+
+def test_intra_only_or_smoke_runs_never_write_into_the_committed_folder(tmp_path):
+    from models import training
+
+    committed = REPO / "models" / "cnn1d"
+    for argv in (["--protocols", "intra"], ["--smoke"], ["--smoke", "--protocols", "inter,intra"]):
+        args = training.parse(training.cli("doc", "cnn1d"), argv)
+        assert args.out_dir.resolve() != committed.resolve(), argv
+    assert training.parse(training.cli("doc", "cnn1d"), []).out_dir.resolve() == committed.resolve()
+    for argv in (["--protocols", "intra", "--out", str(committed)], ["--smoke", "--out", str(committed)]):
+        with pytest.raises(SystemExit, match="overwrite the committed"):
+            training.parse(training.cli("doc", "cnn1d"), argv)
+    other = training.parse(training.cli("doc", "cnn1d"), ["--protocols", "intra", "--out", str(tmp_path / "x")])
+    assert other.out_dir == tmp_path / "x" and other.protocol_list == ["intra"]
+    with pytest.raises(SystemExit, match="--protocols"):
+        training.parse(training.cli("doc", "cnn1d"), ["--protocols", "inter,ds2"])
+
+
+def test_patient_holdout_is_by_patient_and_inside_ds1():
+    from models import training
+
+    assert set(training.HOLDOUT_RECORDS) < set(data.DS1)
+    spec = data.WindowSpec(before=90, after=110, decimate=2)
+    beats = training.load_beats(data.BUNDLED_DIR, data.BUNDLED_RECORDS, spec)
+    fit, held = training.patient_holdout(beats, records=("232",))
+    assert set(held.records) == {"232"} and "232" not in set(fit.records)
+    assert len(fit.y) + len(held.y) == len(beats.y)
+
+
+def test_class_weights_and_selection():
+    from models import training
+
+    y = np.array([0] * 400 + [1] * 100 + [2] * 4 + [3] * 60)
+    w = training.class_weights(y, 5, 0.5)
+    assert w == {0: 1.0, 1: 2.0, 2: 1.0, 3: pytest.approx((400 / 60) ** 0.5), 4: 1.0}   # < 50 beats → 1
+    assert training.class_weights(y, 5, 2.0, cap=5.0)[1] == 5.0
+    assert training.class_weights(y, 5, 1.0, cap=200.0, min_beats=1, reference=None)[2] == 100.0
+    best, scores = training.select({"a": 0.2, "b": 0.5, "c": 0.5}, lambda v: v)
+    assert best == "b" and scores == {"a": 0.2, "b": 0.5, "c": 0.5}

@@ -19,22 +19,16 @@ the squared differences, so the INT8 figures here are the figures the bench repo
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import training  # noqa: E402  (sets TF env vars before TensorFlow is imported)
 
 import numpy as np  # noqa: E402
 
-import host_reference  # noqa: E402
 from harness import data  # noqa: E402
 
 NAME = "ae_beat"
@@ -42,10 +36,10 @@ NAME = "ae_beat"
 # → 64 samples at 90 Hz, z-scored per beat so the error measures shape, not amplitude.
 SPEC = data.WindowSpec(before=96, after=160, channel=0, decimate=4, normalize="beat_zscore")
 NORMAL = data.AAMI_CLASSES.index("N")
-# Patient-wise calibration hold-out for the inter-patient model: every fourth DS1 record, a fixed rule
-# (not chosen by looking at results). Their beats (all classes) set the threshold; their N beats are not
-# trained on, so the threshold sees unseen patients as DS2 will.
-CALIBRATION_RECORDS = data.DS1[1::4]
+# Patient-wise calibration hold-out for the inter-patient model: the runner's DS1 hold-out (every fourth
+# DS1 record, a fixed rule not chosen by looking at results). Their beats (all classes) set the threshold;
+# their N beats are not trained on, so the threshold sees unseen patients as DS2 will.
+CALIBRATION_RECORDS = training.HOLDOUT_RECORDS
 
 
 def build_model(keras, batch_size=None):
@@ -67,18 +61,6 @@ def build_model(keras, batch_size=None):
     return keras.Model(inputs, outputs, name=NAME)
 
 
-def macs(model) -> int:
-    """Multiply-accumulates of one inference, counted statically from the layer shapes."""
-    total = 0
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind == "Conv1D":
-            total += layer.output.shape[1] * int(np.prod(layer.kernel.shape))
-        elif kind == "Dense":
-            total += int(np.prod(layer.kernel.shape))
-    return int(total)
-
-
 # --- Reconstruction error and thresholds -------------------------------------------------------------
 
 def errors_float(model, x: np.ndarray) -> np.ndarray:
@@ -89,7 +71,7 @@ def errors_float(model, x: np.ndarray) -> np.ndarray:
 def errors_tflite(tflite: bytes, x: np.ndarray) -> tuple[np.ndarray, dict]:
     """Per-beat MSE the way harness/bench.py computes it (INT8: both tensors dequantized).
 
-    INT8 models run on the harness's own reference (host_reference.py: tflite-runtime BUILTIN_REF,
+    INT8 models run on the harness's own reference (training.reference_outputs: tflite-runtime BUILTIN_REF,
     bit-exact with the board). TensorFlow 2.21's interpreter is not used for them: its
     reference kernels round differently on some ops (on this model 342 of 3000 beats of record 213 got
     outputs differing by up to 3 steps), which would move beats across the threshold.
@@ -103,7 +85,7 @@ def errors_tflite(tflite: bytes, x: np.ndarray) -> tuple[np.ndarray, dict]:
         scale, zp = inp["quantization"]
         o_scale, o_zp = out["quantization"]
         q = data.quantize(x, scale, zp)
-        raw = host_reference.reference_outputs(tflite, q)
+        raw = training.reference_outputs(tflite, q)
         xins = (q.astype(np.float32) - zp) * np.float32(scale)
         xouts = (raw.astype(np.float32) - o_zp) * np.float32(o_scale)
     else:
@@ -208,24 +190,17 @@ def run(keras, tf, train_x, calib: training.BeatSet, test: training.BeatSet, arg
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mitdb", default=str(data.BUNDLED_DIR), help="MIT-BIH directory (wfdb files)")
-    ap.add_argument("--out", default=None, help="output directory (default models/autoencoder, a temp dir with --smoke)")
+    ap = training.cli(__doc__, "autoencoder", seed=11)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--intra-epochs", type=int, default=15, help="epochs of the intra-patient run")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--no-intra", action="store_true", help="skip the intra-patient run")
-    ap.add_argument("--smoke", action="store_true", help="bundled records, a few hundred beats, one epoch, temp dir")
-    args = ap.parse_args(argv)
+    ap.set_defaults(protocols="inter,intra")  # --smoke runs the intra path too: it is a few hundred beats
+    args = training.parse(ap, argv)
+    protocols, out = args.protocol_list, args.out_dir
     t0 = time.perf_counter()
     if args.smoke:
         args.epochs = args.intra_epochs = 1
-        out = Path(args.out or tempfile.mkdtemp(prefix=f"{NAME}-smoke-"))
-    else:
-        out = Path(args.out or Path(__file__).resolve().parent)
-    out.mkdir(parents=True, exist_ok=True)
 
     tf = training.deterministic(args.seed)
     import keras
@@ -238,79 +213,62 @@ def main(argv=None) -> int:
         calib_mask = beats.records == data.BUNDLED_RECORDS[0]
         test_mask = beats.records == data.BUNDLED_RECORDS[2]
         fit_mask = ~calib_mask & ~test_mask
-        ds1 = _take(beats, ~test_mask)
+        ds1 = training.take(beats, ~test_mask)
         train_x = beats.x[fit_mask & (beats.y == NORMAL)]
-        calib, test = _take(beats, calib_mask), _take(beats, test_mask)
+        calib, test = training.take(beats, calib_mask), training.take(beats, test_mask)
     else:
         ds1, test = training.inter_patient(args.mitdb, SPEC)
         calib_mask = np.isin(ds1.records, CALIBRATION_RECORDS)
         train_x = ds1.x[~calib_mask & (ds1.y == NORMAL)]
-        calib = _take(ds1, calib_mask)
+        calib = training.take(ds1, calib_mask)
     print(f"inter: train {len(train_x)} N beats; calibration {sorted(set(calib.records))}: {calib.counts()}; "
           f"test {len(set(test.records))} records: {test.counts()}")
-    inter = run(keras, tf, train_x, calib, test, args, "inter")
+    inter = run(keras, tf, train_x, calib, test, args, "inter") if "inter" in protocols else None
 
     # Intra-patient: random stratified beat split of DS1+DS2; the threshold from a random 20 % of the
     # training part (all classes), the autoencoder from the N beats of the other 80 %.
-    intra = None
-    if not args.no_intra:
+    intra = intra_run = None
+    if "intra" in protocols:
         tf = training.deterministic(args.seed)
         if args.smoke:
-            tr, te = _split(beats, 0.2, args.seed)
+            tr, te = training.split_stratified(beats, 0.2, args.seed)
         else:
             tr, te = training.intra_patient(args.mitdb, SPEC, test_fraction=0.2, seed=0)
-        fit, cal = _split(tr, 0.2, args.seed + 1)
+        fit, cal = training.split_stratified(tr, 0.2, args.seed + 1)
         args_intra = argparse.Namespace(**{**vars(args), "epochs": args.intra_epochs})
         print(f"intra: train {int((fit.y == NORMAL).sum())} N beats; calibration {cal.counts()}; test {te.counts()}")
-        intra = run(keras, tf, fit.x[fit.y == NORMAL], cal, te, args_intra, "intra")["result"]
+        intra_run = run(keras, tf, fit.x[fit.y == NORMAL], cal, te, args_intra, "intra")
+        intra = intra_run["result"]
 
-    model, float_tflite, int8_tflite = inter["model"], inter["float_tflite"], inter["int8_tflite"]
-    interp = training.interpreter(int8_tflite)
-    interp.allocate_tensors()
-    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    written = inter or intra_run  # the files come from the inter-patient run unless only intra was asked for
+    model, float_tflite, int8_tflite = written["model"], written["float_tflite"], written["int8_tflite"]
     (out / f"{NAME}_float.tflite").write_bytes(float_tflite)
     (out / f"{NAME}_int8.tflite").write_bytes(int8_tflite)
+    harness = training.harness_figures(out / f"{NAME}_int8.tflite")
     total_seconds = time.perf_counter() - t0
     metrics = {
         "model": NAME, "smoke": bool(args.smoke), "task": "autoencoder",
-        "window": {"before": SPEC.before, "after": SPEC.after, "channel": SPEC.channel,
-                   "decimate": SPEC.decimate, "normalize": SPEC.normalize, "length": SPEC.length},
+        "window": training.window_dict(SPEC),
         "normal_labels": ["N"], "error": "mse of dequantized output vs dequantized input (harness/bench.py)",
         "threshold_rule": "maximise Youden J (Se + Sp - 1) on the calibration beats; INT8 threshold from INT8 errors",
         "epochs": args.epochs, "intra_epochs": args.intra_epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-        "params": int(model.count_params()), "macs_static_estimate": macs(model),
+        "params": int(model.count_params()),
+        "macs": harness["macs"], "macs_source": harness["macs_source"],
+        "arena_used_bytes": harness["arena_used_bytes"], "arena_source": harness["arena_source"],
         "tflite_bytes": {"float": len(float_tflite), "int8": len(int8_tflite)},
-        "sha256": {"float": hashlib.sha256(float_tflite).hexdigest(), "int8": hashlib.sha256(int8_tflite).hexdigest()},
+        "sha256": training.sha256s(float=float_tflite, int8=int8_tflite),
         "ops_int8": training.op_list(int8_tflite), "ops_float": training.op_list(float_tflite),
-        "int8_io": {"input_shape": inp["shape"].tolist(), "input_scale": float(inp["quantization"][0]),
-                    "input_zero_point": int(inp["quantization"][1]), "output_shape": outp["shape"].tolist(),
-                    "output_scale": float(outp["quantization"][0]), "output_zero_point": int(outp["quantization"][1])},
+        "int8_io": training.int8_io(int8_tflite),
         "inter_patient": {"train_records": sorted(set(ds1.records.tolist()) - set(calib.records.tolist())),
-                          **inter["result"]},
+                          **inter["result"]} if inter else None,
         "intra_patient": intra,
         "total_seconds_host_wall": round(total_seconds, 1),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
-                     "python": platform.python_version()},
+        "versions": training.versions(tf, keras),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    training.write_metrics(out, metrics)
     print(f"wrote {out}/{NAME}_float.tflite ({len(float_tflite)} B), {NAME}_int8.tflite ({len(int8_tflite)} B), "
           f"metrics.json in {total_seconds:.0f} s")
     return 0
-
-
-def _take(beats: training.BeatSet, mask: np.ndarray) -> training.BeatSet:
-    return training.BeatSet(beats.x[mask], beats.y[mask], beats.records[mask],
-                            tuple(sorted(set(beats.records[mask].tolist()))), beats.skipped)
-
-
-def _split(beats: training.BeatSet, fraction: float, seed: int):
-    """Stratified random split of beats: (the rest, `fraction` of each class)."""
-    rng = np.random.default_rng(seed)
-    held = np.zeros(len(beats.y), dtype=bool)
-    for c in np.unique(beats.y):
-        idx = np.flatnonzero(beats.y == c)
-        held[rng.choice(idx, size=int(round(fraction * len(idx))), replace=False)] = True
-    return _take(beats, ~held), _take(beats, held)
 
 
 def _r(v):

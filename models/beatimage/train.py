@@ -31,11 +31,8 @@ import os
 # before TensorFlow is first imported (models.training imports it lazily).
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-import argparse  # noqa: E402
 import gzip  # noqa: E402
-import hashlib  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -120,12 +117,6 @@ def cap_classes(beats: training.BeatSet, caps: dict[int, int], seed: int) -> tra
 
 def counts(beats: training.BeatSet) -> dict[str, int]:
     return beats.counts(CLASSES)
-
-
-def class_weights(y: np.ndarray, power: float = 0.5, cap: float = 20.0) -> dict[int, float]:
-    """(largest class / class) ** power, capped; labels absent from y get 1."""
-    n = np.bincount(y, minlength=len(CLASSES)).astype(float)
-    return {i: (float(min(cap, (n.max() / n[i]) ** power)) if n[i] else 1.0) for i in range(len(CLASSES))}
 
 
 # --- Compression stages (tensorflow-model-optimization) ---------------------------------------------
@@ -250,12 +241,6 @@ def evaluate(y: np.ndarray, pred: np.ndarray) -> dict:
     return m
 
 
-def summary(m: dict) -> str:
-    pc = m["per_class"]
-    return (f"acc {m['accuracy']} macroF1 {m['macro_f1']} | "
-            + " ".join(f"{c}: Se {pc[c]['se']} +P {pc[c]['ppv']}" for c in CLASSES if c in pc))
-
-
 def weight_layer_names() -> list[str]:
     """Layers with a kernel, in graph order (= the order of the .tflite's CONV/DEPTHWISE/FC ops)."""
     return ["stem"] + [f"{kind}{i}" for i in range(1, len(BLOCKS) + 1) for kind in ("dw", "pw")] + ["logits"]
@@ -283,7 +268,8 @@ def int8_weight_structure(tflite: bytes) -> dict:
 def run_protocol(name: str, train: training.BeatSet, test: training.BeatSet, args, keras, tf, tfmot) -> dict:
     """Train, compress and convert one model; evaluate base float, compressed float and INT8 on test."""
     print(f"[{name}] train {len(train.y)} beats {counts(train)} | test {len(test.y)} beats {counts(test)}", flush=True)
-    weights = class_weights(train.y)
+    # (largest class / class) ** 0.5, capped at 20; labels absent from y get 1
+    weights = training.class_weights(train.y, len(CLASSES), 0.5, cap=20.0, min_beats=1, reference=None)
     loss = "sparse_categorical_crossentropy"
     fit = dict(batch_size=args.batch, class_weight=weights, shuffle=True, verbose=2)
     epochs = dict(base=args.epochs, prune=args.prune_epochs, cluster=args.cluster_epochs, qat=args.qat_epochs)
@@ -300,7 +286,7 @@ def run_protocol(name: str, train: training.BeatSet, test: training.BeatSet, arg
     history["base"] = model.fit(train.x, train.y, epochs=epochs["base"], **fit).history["loss"]
     seconds["base"] = time.perf_counter() - t
     base_eval = evaluate(test.y, predict(model))
-    print(f"[{name}] float       ", summary(base_eval), flush=True)
+    print(f"[{name}] float       ", training.summary(base_eval), flush=True)
 
     t = time.perf_counter()
     steps = epochs["prune"] * int(np.ceil(len(train.y) / args.batch))
@@ -318,7 +304,7 @@ def run_protocol(name: str, train: training.BeatSet, test: training.BeatSet, arg
     clustered = tfmot.clustering.keras.strip_clustering(clustered)
     seconds["cluster"] = time.perf_counter() - t
     compressed_eval = evaluate(test.y, predict(clustered))
-    print(f"[{name}] pruned+clustered float", summary(compressed_eval), flush=True)
+    print(f"[{name}] pruned+clustered float", training.summary(compressed_eval), flush=True)
 
     t = time.perf_counter()
     qat = quantize_aware(clustered, tfmot)
@@ -326,13 +312,13 @@ def run_protocol(name: str, train: training.BeatSet, test: training.BeatSet, arg
     history["qat"] = qat.fit(train.x, train.y, epochs=epochs["qat"], **fit).history["loss"]
     seconds["qat"] = time.perf_counter() - t
     qat_eval = evaluate(test.y, predict(qat))
-    print(f"[{name}] QAT (fake-quant float)", summary(qat_eval), flush=True)
+    print(f"[{name}] QAT (fake-quant float)", training.summary(qat_eval), flush=True)
 
     float_tflite = to_tflite(clustered, tf, int8=False)
     int8_tflite = to_tflite(qat, tf, int8=True)
     int8_scores, int8_timing = run_int8(int8_tflite, test.x)
     int8_eval = evaluate(test.y, int8_scores.argmax(1))
-    print(f"[{name}] INT8 tflite ", summary(int8_eval), "|", int8_timing, flush=True)
+    print(f"[{name}] INT8 tflite ", training.summary(int8_eval), "|", int8_timing, flush=True)
 
     sparsity = {layer.name: round(float((layer.get_weights()[0] == 0).mean()), 4)
                 for layer in clustered.layers if compressible(layer)}
@@ -354,10 +340,7 @@ def run_protocol(name: str, train: training.BeatSet, test: training.BeatSet, arg
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mitdb", default=str(data.BUNDLED_DIR), help="MIT-BIH directory (wfdb files)")
-    ap.add_argument("--out", default=None, help="output directory (default models/beatimage, a temp dir with --smoke)")
-    ap.add_argument("--protocols", default="inter,intra", help="inter, intra or both (the committed model is inter)")
+    ap = training.cli(__doc__, "beatimage", seed=7)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--prune-epochs", type=int, default=3)
     ap.add_argument("--cluster-epochs", type=int, default=2)
@@ -366,18 +349,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--cap-n", type=int, default=12000, help="at most this many N training beats")
     ap.add_argument("--cap-other", type=int, default=8000, help="at most this many 'other' training beats")
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--smoke", action="store_true", help="a few hundred bundled beats, one epoch per stage (CI)")
-    args = ap.parse_args(argv)
-
-    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    args = training.parse(ap, argv)
+    protocols, out = args.protocol_list, args.out_dir
     if args.smoke:
-        out = Path(args.out or tempfile.mkdtemp(prefix="beatimage_smoke_"))
         args.epochs = args.prune_epochs = args.cluster_epochs = args.qat_epochs = 1
-        protocols = ["inter"]
-    else:
-        out = Path(args.out or Path(__file__).resolve().parent)
-    out.mkdir(parents=True, exist_ok=True)
     caps = {CLASSES.index("N"): args.cap_n, CLASSES.index("other"): args.cap_other}
 
     t0 = time.perf_counter()
@@ -396,11 +371,9 @@ def main(argv=None) -> int:
             test = training.load_beats(args.mitdb, INTER_TEST, SPEC, label_of)
             if set(train.names) & set(test.names):
                 raise SystemExit(f"train and test records overlap: {sorted(set(train.names) & set(test.names))}")
-        elif protocol == "intra":
+        else:
             train, test = training.intra_patient(args.mitdb, SPEC, label_of, test_fraction=0.2, seed=0,
                                                  records=data.ALL_RECORDS)
-        else:
-            raise SystemExit(f"unknown protocol {protocol!r}: use inter and/or intra")
         train = cap_classes(train, caps, args.seed)
         tf.keras.utils.set_random_seed(args.seed)  # each protocol starts from the same seed state
         results[protocol] = run_protocol(protocol, train, test, args, keras, tf, tfmot)
@@ -421,15 +394,10 @@ def main(argv=None) -> int:
         probe_rows = training.load_beats(args.mitdb, "bundled", SPEC, label_of).x[:100]
         quant_check = training.quantize_agreement(float_io, probe_rows)
     print("quantize vs TFLite QUANTIZE:", quant_check)
-    interp = training.interpreter(int8_tflite)
-    interp.allocate_tensors()
-    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
-
     total_seconds = time.perf_counter() - t0
     metrics = {
         "model": NAME, "smoke": bool(args.smoke),
-        "window": {"before": SPEC.before, "after": SPEC.after, "channel": SPEC.channel, "decimate": SPEC.decimate,
-                   "normalize": SPEC.normalize, "mask": SPEC.mask, "length": SPEC.length},
+        "window": training.window_dict(SPEC), "input_causality": SPEC.causality(),
         "classes": list(CLASSES), "label_map": LABEL_MAP,
         "architecture": {"stem_filters": STEM_FILTERS, "blocks_stride_filters": [list(b) for b in BLOCKS],
                          "image": [SIDE, SIDE, 3]},
@@ -444,20 +412,17 @@ def main(argv=None) -> int:
         "tflite_bytes": {"float": len(float_tflite), "int8": len(int8_tflite),
                          "int8_gzip9": len(gzip.compress(int8_tflite, 9)),
                          "float_gzip9": len(gzip.compress(float_tflite, 9))},
-        "sha256": {"float": hashlib.sha256(float_tflite).hexdigest(), "int8": hashlib.sha256(int8_tflite).hexdigest()},
+        "sha256": training.sha256s(float=float_tflite, int8=int8_tflite),
         "ops_int8": training.op_list(int8_tflite), "ops_float": training.op_list(float_tflite),
         "int8_weights": int8_weight_structure(int8_tflite),
-        "int8_io": {"input_shape": inp["shape"].tolist(), "input_scale": float(inp["quantization"][0]),
-                    "input_zero_point": int(inp["quantization"][1]), "output_shape": outp["shape"].tolist(),
-                    "output_scale": float(outp["quantization"][0]), "output_zero_point": int(outp["quantization"][1])},
+        "int8_io": training.int8_io(int8_tflite),
         "committed_protocol": protocols[0],
         "protocols": results,
         "quantize_vs_tflite_quantize_op": quant_check,
         "total_seconds_host_wall": round(total_seconds, 1),
-        "versions": {"tensorflow": tf.__version__, "tf_keras": keras.__version__, "tfmot": tfmot.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
+        "versions": training.versions(tf, keras, tfmot=tfmot.__version__),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    training.write_metrics(out, metrics)
     print(f"wrote {float_path.name} ({len(float_tflite)} B), {int8_path.name} ({len(int8_tflite)} B), metrics.json "
           f"to {out} in {total_seconds:.0f} s")
     return 0

@@ -24,12 +24,8 @@ root with the training venv:
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,8 +45,6 @@ CLASSES = data.AAMI_CLASSES
 CONVS = ((16, 7), (24, 5), (32, 5), (32, 3))
 HIDDEN = 32
 BN_EPS = 1e-3
-PROTOCOL_NAMES = {"inter": "inter_patient", "intra": "intra_patient"}
-SMOKE_BEATS = 300
 LUT_CHECK_BEATS = 500
 
 
@@ -319,12 +313,6 @@ def lut_compression_check(int8_path: Path, x_int8: np.ndarray, work: Path) -> di
 
 # --- Training and evaluation -------------------------------------------------------------------------
 
-def class_weights(y: np.ndarray, power: float) -> dict[int, float]:
-    """(N beats / class beats) ** power, capped at 30; classes with < 50 beats (Q) get 1."""
-    counts = np.bincount(y, minlength=len(CLASSES)).astype(float)
-    return {i: 1.0 if n < 50 else float(min(30.0, (counts[0] / n) ** power)) for i, n in enumerate(counts)}
-
-
 def fit(model, train, args, keras, weights):
     steps = args.epochs * int(np.ceil(len(train.y) / args.batch))
     schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, steps), alpha=0.05)
@@ -336,7 +324,7 @@ def fit(model, train, args, keras, weights):
 
 def run_protocol(train, test, args, tf, keras, twin: bool) -> dict:
     """Full-precision twin (optional), binary-weight net, its float and INT8 (±1) exports, on one split."""
-    weights = class_weights(train.y, args.weight_power)
+    weights = training.class_weights(train.y, len(CLASSES), args.weight_power)
     figures = {"train_records": list(train.names), "train_beats": train.counts(), "train_skipped_at_edges": train.skipped,
                "test_records": list(test.names), "test_beats": test.counts(), "test_skipped_at_edges": test.skipped,
                "class_weights": {CLASSES[k]: round(v, 3) for k, v in weights.items()}}
@@ -387,64 +375,24 @@ def run_protocol(train, test, args, tf, keras, twin: bool) -> dict:
         float((conv_scores.argmax(1) == int8_scores.argmax(1)).mean()), 5)
     figures["host_timing_tflite_builtin_ref"] = {"binary_float": float_timing, "int8": int8_timing,
                                                  "source": "host wall time, tf.lite BUILTIN_REF, one beat per invoke"}
-    figures["steps"] = step_costs(figures)
-    figures["sha256"] = {"float": hashlib.sha256(float_tflite).hexdigest(),
-                         "int8": hashlib.sha256(int8_tflite).hexdigest()}
+    figures["steps"] = training.step_costs(figures, [("int8_pp", "binary_float", "int8"),
+                                                     ("binarization_pp", "full_precision", "binary_float"),
+                                                     ("full_precision_to_int8_pp", "full_precision", "int8")])
+    figures["sha256"] = training.sha256s(float=float_tflite, int8=int8_tflite)
     return {"figures": figures, "model": model, "float_tflite": float_tflite, "int8_tflite": int8_tflite}
 
 
-def step_costs(f: dict) -> dict:
-    """Accuracy and macro-F1 (N,S,V,F) change of each step, in percentage points."""
-    def delta(a, b):
-        return {k: round(100 * (f[b][k] - f[a][k]), 2) for k in ("accuracy", "macro_f1_nsvf")}
-
-    steps = {"int8_pp": delta("binary_float", "int8")}
-    if "full_precision" in f:
-        steps["binarization_pp"] = delta("full_precision", "binary_float")
-        steps["full_precision_to_int8_pp"] = delta("full_precision", "int8")
-    return steps
-
-
-def load_split(protocol: str, args):
-    if args.smoke:
-        if protocol == "inter":  # three records cannot be split by patient: train and test on the same ones
-            train = test = training.load_beats(args.mitdb, "bundled", SPEC)
-        else:
-            train, test = training.intra_patient(args.mitdb, SPEC, records=data.BUNDLED_RECORDS)
-        return (training.subsample(train, SMOKE_BEATS, args.seed),
-                training.subsample(test, SMOKE_BEATS, args.seed + 1))
-    if protocol == "inter":
-        return training.inter_patient(args.mitdb, SPEC)
-    return training.intra_patient(args.mitdb, SPEC)
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mitdb", default=str(data.BUNDLED_DIR), help="MIT-BIH directory (wfdb files)")
-    ap.add_argument("--out", default=None, help="output directory (default models/binary, a temp dir with --smoke)")
-    ap.add_argument("--protocols", default=None,
-                    help="inter (train DS1, test DS2; writes the .tflite files) and/or intra (beat split); "
-                         "default inter,intra (inter only with --smoke)")
+    ap = training.cli(__doc__, "binary", seed=7)
     ap.add_argument("--no-twin", action="store_true", help="skip the full-precision twin")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--weight-power", type=float, default=0.5, help="class weight = (n_N / n_class) ** power")
-    ap.add_argument("--smoke", action="store_true",
-                    help="bundled records, a few hundred beats, one epoch, temp dir (CI)")
-    args = ap.parse_args(argv)
-    # --smoke checks the code path once; the intra-patient split has its own tests (tests/test_recipes.py)
-    args.protocols = args.protocols or ("inter" if args.smoke else "inter,intra")
-    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
-    if not protocols or set(protocols) - {"inter", "intra"}:
-        raise SystemExit(f"--protocols takes inter and/or intra, got {args.protocols!r}")
+    args = training.parse(ap, argv)
+    protocols, out = args.protocol_list, args.out_dir
     if args.smoke:
-        out = Path(args.out or tempfile.mkdtemp(prefix="binary_smoke_"))
         args.epochs = 1
-    else:
-        out = Path(args.out or Path(__file__).resolve().parent)
-    out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
     tf = training.deterministic(args.seed)
@@ -453,7 +401,7 @@ def main(argv=None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(2)
     runs = {}
     for protocol in protocols:
-        train, test = load_split(protocol, args)
+        train, test = training.load_split(protocol, SPEC, args)
         print(f"[{protocol}] train {len(train.names)} records {train.counts()}; "
               f"test {len(test.names)} records {test.counts()}")
         # The smoke run checks the twin's code path once, on the first protocol only.
@@ -466,11 +414,10 @@ def main(argv=None) -> int:
     (out / f"{NAME}_float.tflite").write_bytes(float_tflite)
     (out / f"{NAME}_int8.tflite").write_bytes(int8_tflite)
     harness = training.harness_figures(out / f"{NAME}_int8.tflite")
-    interp = training.interpreter(int8_tflite)
-    interp.allocate_tensors()
-    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    io = training.int8_io(int8_tflite)
     lut = lut_compression_check(out / f"{NAME}_int8.tflite",
-                                data.quantize(committed["test_x"][:LUT_CHECK_BEATS], *inp["quantization"]), out)
+                                data.quantize(committed["test_x"][:LUT_CHECK_BEATS], io["input_scale"],
+                                              io["input_zero_point"]), out)
     print("1-bit LUT compression:", lut)
     counted = count_weights()
     bits_bytes = int(np.ceil(counted["binary_weights"] / 8))
@@ -479,8 +426,7 @@ def main(argv=None) -> int:
         "model": NAME,
         "smoke": bool(args.smoke),
         "written_files_from_protocol": protocols[0],
-        "window": {"before": SPEC.before, "after": SPEC.after, "channel": SPEC.channel,
-                   "decimate": SPEC.decimate, "normalize": SPEC.normalize, "length": SPEC.length},
+        "window": training.window_dict(SPEC),
         "classes": list(CLASSES),
         "architecture": {"convs": [list(c) for c in CONVS], "hidden": HIDDEN, "bn_eps": BN_EPS},
         "epochs": args.epochs, "batch": args.batch, "lr": args.lr, "lr_schedule": "cosine to 5 %",
@@ -501,15 +447,12 @@ def main(argv=None) -> int:
         "arena_used_bytes": harness["arena_used_bytes"], "arena_source": harness["arena_source"],
         "sha256": committed["figures"]["sha256"],
         "ops_int8": training.op_list(int8_tflite), "ops_float": training.op_list(float_tflite),
-        "int8_io": {"input_shape": inp["shape"].tolist(), "input_scale": float(inp["quantization"][0]),
-                    "input_zero_point": int(inp["quantization"][1]), "output_shape": outp["shape"].tolist(),
-                    "output_scale": float(outp["quantization"][0]), "output_zero_point": int(outp["quantization"][1])},
-        "protocols": {PROTOCOL_NAMES[p]: runs[p]["figures"] for p in protocols},
+        "int8_io": io,
+        "protocols": {training.PROTOCOL_NAMES[p]: runs[p]["figures"] for p in protocols},
         "total_seconds_host_wall": round(total_seconds, 1),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
-                     "python": platform.python_version()},
+        "versions": training.versions(tf, keras),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    training.write_metrics(out, metrics)
     print(f"wrote {out}/{NAME}_float.tflite ({len(float_tflite)} B), {NAME}_int8.tflite ({len(int8_tflite)} B, "
           f"{bits_bytes + 8 * counted['output_channels']} B packed), metrics.json in {total_seconds:.0f} s")
     return 0

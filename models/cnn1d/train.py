@@ -14,12 +14,7 @@ The input window comes from harness.data (the same function the harness uses to 
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,35 +51,13 @@ def build_model(keras, batch_size=None):
     return keras.Model(inputs, outputs, name=NAME)
 
 
-def macs(model) -> int:
-    """Multiply-accumulates of one inference, counted statically from the layer shapes."""
-    total = 0
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind == "Conv1D":
-            length, filters = layer.output.shape[1], layer.output.shape[2]
-            total += length * filters * layer.kernel.shape[0] * layer.kernel.shape[1]
-        elif kind == "Dense":
-            total += layer.kernel.shape[0] * layer.kernel.shape[1]
-    return int(total)
-
-
-def class_weights(y: np.ndarray, power: float) -> dict[int, float]:
-    """(N beats / class beats) ** power, capped at 30; classes with < 50 beats (Q in DS1: 8) get 1."""
-    counts = np.bincount(y, minlength=len(CLASSES)).astype(float)
-    weights = {}
-    for i, n in enumerate(counts):
-        weights[i] = 1.0 if n < 50 else float(min(30.0, (counts[0] / n) ** power))
-    return weights
-
-
 def train_and_evaluate(train, test, args, tf, keras, with_quantize_check: bool) -> dict:
     """One full pass float → pruned → INT8 on one protocol's split; returns figures and the .tflite bytes."""
     tf.keras.utils.set_random_seed(args.seed)  # each protocol's run starts from the same seeds
     model = build_model(keras)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    weights = class_weights(train.y, args.weight_power)
+    weights = training.class_weights(train.y, len(CLASSES), args.weight_power)
     x_train = train.x[..., None]
     t_fit = time.perf_counter()
     hist = model.fit(x_train, train.y, batch_size=args.batch, epochs=args.epochs, class_weight=weights,
@@ -124,12 +97,14 @@ def train_and_evaluate(train, test, args, tf, keras, with_quantize_check: bool) 
         "final_finetune_loss": round(float(hist_ft.history["loss"][-1]), 4),
         "sparsity_per_layer": training.sparsity_of(model),
         "float": float_eval, "pruned_float": pruned_eval, "int8": int8_eval,
-        "steps": step_costs(float_eval, pruned_eval, int8_eval),
+        "steps": training.step_costs({"float": float_eval, "pruned": pruned_eval, "int8": int8_eval},
+                                     [("pruning_pp", "float", "pruned"), ("int8_pp", "pruned", "int8"),
+                                      ("float_to_int8_pp", "float", "int8")]),
         "int8_vs_pruned_float_argmax_agreement": round(float((pruned_scores.argmax(1) == int8_scores.argmax(1)).mean()), 5),
         "host_timing_tflite_builtin_ref": {"pruned_float": pruned_timing, "int8": int8_timing,
                                            "source": "host wall time, tf.lite BUILTIN_REF, one beat per invoke"},
         "fit_seconds_host_wall": round(fit_seconds, 1),
-        "sha256": {"float": hashlib.sha256(float_tflite).hexdigest(), "int8": hashlib.sha256(int8_tflite).hexdigest()},
+        "sha256": training.sha256s(float=float_tflite, int8=int8_tflite),
     }
     if with_quantize_check:
         float_io_tflite = training.convert(export, representative=rep, int8_io=False)
@@ -138,46 +113,16 @@ def train_and_evaluate(train, test, args, tf, keras, with_quantize_check: bool) 
     return {"figures": figures, "model": model, "float_tflite": float_tflite, "int8_tflite": int8_tflite}
 
 
-def step_costs(float_eval: dict, pruned_eval: dict, int8_eval: dict) -> dict:
-    """Accuracy and macro-F1 (N,S,V,F) change of each compression step, in percentage points."""
-    def delta(a, b, key):
-        return round(100 * (b[key] - a[key]), 2)
-
-    return {"pruning_pp": {"accuracy": delta(float_eval, pruned_eval, "accuracy"),
-                           "macro_f1_nsvf": delta(float_eval, pruned_eval, "macro_f1_nsvf")},
-            "int8_pp": {"accuracy": delta(pruned_eval, int8_eval, "accuracy"),
-                        "macro_f1_nsvf": delta(pruned_eval, int8_eval, "macro_f1_nsvf")},
-            "float_to_int8_pp": {"accuracy": delta(float_eval, int8_eval, "accuracy"),
-                                 "macro_f1_nsvf": delta(float_eval, int8_eval, "macro_f1_nsvf")}}
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mitdb", default=str(data.BUNDLED_DIR), help="MIT-BIH directory (wfdb files)")
-    ap.add_argument("--out", default=None, help="output directory (default models/cnn1d, a temp dir with --smoke)")
-    ap.add_argument("--protocols", default=None,
-                    help="inter (train DS1, test DS2; writes the .tflite files) and/or intra (beat split); "
-                         "default inter,intra (inter only with --smoke)")
+    ap = training.cli(__doc__, "cnn1d", seed=7)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--finetune-epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--weight-power", type=float, default=0.5, help="class weight = (n_N / n_class) ** power")
-    ap.add_argument("--smoke", action="store_true",
-                    help="bundled records, a few hundred beats, one epoch each, temp dir (CI)")
-    args = ap.parse_args(argv)
-    # --smoke checks the code path once; the intra-patient split has its own tests (tests/test_recipes.py)
-    args.protocols = args.protocols or ("inter" if args.smoke else "inter,intra")
-    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
-    if not protocols or set(protocols) - {"inter", "intra"}:
-        raise SystemExit(f"--protocols takes inter and/or intra, got {args.protocols!r}")
-
+    args = training.parse(ap, argv)
+    protocols, out = args.protocol_list, args.out_dir
     if args.smoke:
-        out = Path(args.out or tempfile.mkdtemp(prefix="cnn1d_smoke_"))
         args.epochs, args.finetune_epochs = 1, 1
-    else:
-        out = Path(args.out or Path(__file__).resolve().parent)
-    out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
     tf = training.deterministic(args.seed)
@@ -186,7 +131,7 @@ def main(argv=None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(2)
     runs = {}
     for protocol in protocols:
-        train, test = load_split(protocol, args)
+        train, test = training.load_split(protocol, SPEC, args)
         print(f"[{protocol}] train {len(train.names)} records {train.counts()}; "
               f"test {len(test.names)} records {test.counts()}")
         runs[protocol] = train_and_evaluate(train, test, args, tf, keras, with_quantize_check=protocol == protocols[0])
@@ -198,16 +143,12 @@ def main(argv=None) -> int:
     (out / f"{NAME}_int8.tflite").write_bytes(int8_tflite)
     harness = training.harness_figures(out / f"{NAME}_int8.tflite")
 
-    interp = training.interpreter(int8_tflite)
-    interp.allocate_tensors()
-    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
     total_seconds = time.perf_counter() - t0
     metrics = {
         "model": NAME,
         "smoke": bool(args.smoke),
         "written_files_from_protocol": protocols[0],
-        "window": {"before": SPEC.before, "after": SPEC.after, "channel": SPEC.channel,
-                   "decimate": SPEC.decimate, "normalize": SPEC.normalize, "length": SPEC.length},
+        "window": training.window_dict(SPEC),
         "classes": list(CLASSES),
         "weight_power": args.weight_power, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
         "batch": args.batch, "seed": args.seed,
@@ -219,40 +160,15 @@ def main(argv=None) -> int:
         "tflite_bytes": {"float": len(float_tflite), "int8": len(int8_tflite)},
         "sha256": committed["figures"]["sha256"],
         "ops_int8": training.op_list(int8_tflite), "ops_float": training.op_list(float_tflite),
-        "int8_io": {"input_shape": inp["shape"].tolist(), "input_scale": float(inp["quantization"][0]),
-                    "input_zero_point": int(inp["quantization"][1]), "output_shape": outp["shape"].tolist(),
-                    "output_scale": float(outp["quantization"][0]), "output_zero_point": int(outp["quantization"][1])},
-        "protocols": {PROTOCOL_NAMES[p]: runs[p]["figures"] for p in protocols},
+        "int8_io": training.int8_io(int8_tflite),
+        "protocols": {training.PROTOCOL_NAMES[p]: runs[p]["figures"] for p in protocols},
         "total_seconds_host_wall": round(total_seconds, 1),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
-                     "python": platform.python_version()},
+        "versions": training.versions(tf, keras),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    training.write_metrics(out, metrics)
     print(f"wrote {out}/{NAME}_float.tflite ({len(float_tflite)} B), {NAME}_int8.tflite ({len(int8_tflite)} B), "
           f"metrics.json in {total_seconds:.0f} s")
     return 0
-
-
-PROTOCOL_NAMES = {"inter": "inter_patient", "intra": "intra_patient"}
-SMOKE_BEATS = 300
-
-
-def load_split(protocol: str, args):
-    """(train, test) BeatSets of a protocol; --smoke uses the bundled records and a few hundred beats."""
-    if args.smoke:
-        if protocol == "inter":  # three records cannot be split by patient: train and test on the same ones
-            train = test = training.load_beats(args.mitdb, "bundled", SPEC)
-        else:
-            train, test = training.intra_patient(args.mitdb, SPEC, records=data.BUNDLED_RECORDS)
-        return (training.subsample(train, SMOKE_BEATS, args.seed),
-                training.subsample(test, SMOKE_BEATS, args.seed + 1))
-    if protocol == "inter":
-        train, test = training.inter_patient(args.mitdb, SPEC)
-        overlap = set(train.names) & set(test.names)
-        if overlap:
-            raise SystemExit(f"train and test records overlap: {sorted(overlap)}")
-        return train, test
-    return training.intra_patient(args.mitdb, SPEC)
 
 
 if __name__ == "__main__":

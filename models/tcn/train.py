@@ -14,25 +14,18 @@ Needs tf-keras and tensorflow-model-optimization next to TensorFlow (tfmot does 
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "autoencoder"))  # host_reference.py: the bench's INT8 reference
 
 from models import training  # noqa: E402  (sets TF env vars before TensorFlow is imported)
 
 import numpy as np  # noqa: E402
 
-import host_reference  # noqa: E402
 import reparam  # noqa: E402
 from harness import data  # noqa: E402
 
@@ -43,12 +36,6 @@ NAME = "tcn_beat"
 SPEC = data.WindowSpec(before=665, after=665, channel=0, decimate=2, normalize="beat_zscore")
 CLASSES = data.AAMI_CLASSES
 assert SPEC.length == reparam.LENGTH
-
-
-def class_weights(y: np.ndarray, power: float) -> np.ndarray:
-    """Per-class weight (N beats / class beats) ** power, capped at 30; classes under 50 beats get 1."""
-    counts = np.bincount(y, minlength=len(CLASSES)).astype(float)
-    return np.array([1.0 if n < 50 else min(30.0, (counts[0] / n) ** power) for n in counts])
 
 
 def training_rows(y: np.ndarray, keep_normal: int, seed: int) -> np.ndarray:
@@ -82,12 +69,12 @@ def to_float(tf, model) -> bytes:
 
 def raw_int8(tflite: bytes, x: np.ndarray) -> np.ndarray:
     """INT8 outputs (not dequantized) of every row, from the harness's own reference
-    (harness.reference.TFLiteReference: tflite-runtime BUILTIN_REF, the interpreter the bench checks the
-    board against). TensorFlow 2.21's interpreter is not used here: its reference kernels round
-    differently from TFLM on some ops, so its INT8 outputs can differ from the board's by a step or two."""
+    (training.reference_outputs: tflite-runtime BUILTIN_REF, the interpreter the bench checks the board
+    against). TensorFlow 2.21's interpreter is not used here: its reference kernels round differently
+    from TFLM on some ops, so its INT8 outputs can differ from the board's by a step or two."""
     details = training.interpreter(tflite).get_input_details()[0]
     scale, zp = details["quantization"]
-    return host_reference.reference_outputs(tflite, data.quantize(x, scale, zp))
+    return training.reference_outputs(tflite, data.quantize(x, scale, zp))
 
 
 def train(tf, keras, train_set: training.BeatSet, args, epochs: int, qat_epochs: int, tag: str):
@@ -95,7 +82,7 @@ def train(tf, keras, train_set: training.BeatSet, args, epochs: int, qat_epochs:
     rows = training_rows(train_set.y, args.keep_normal, args.seed)
     x = train_set.x[rows][:, None, :, None]
     y = train_set.y[rows]
-    weights = class_weights(y, args.weight_power)
+    weights = np.array(list(training.class_weights(y, len(CLASSES), args.weight_power).values()))
     sw = weights[y].astype(np.float32)
     tcn = reparam.build_tcn()
     tcn.compile(optimizer=keras.optimizers.Adam(args.lr), loss=centre_loss(tf))
@@ -176,9 +163,7 @@ def evaluate(files: dict, float_model, test: training.BeatSet, tcn_beats: int, s
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mitdb", default=str(data.BUNDLED_DIR), help="MIT-BIH directory (wfdb files)")
-    ap.add_argument("--out", default=None, help="output directory (default models/tcn, a temp dir with --smoke)")
+    ap = training.cli(__doc__, "tcn", seed=5)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--qat-epochs", type=int, default=2)
     ap.add_argument("--intra-epochs", type=int, default=5)
@@ -186,26 +171,22 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-power", type=float, default=0.5)
-    ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--tcn-beats", type=int, default=0,
                     help="DS2 beats on which the INT8 TCN is run for the agreement check (0 = all)")
-    ap.add_argument("--no-intra", action="store_true")
-    ap.add_argument("--smoke", action="store_true", help="bundled records, a few hundred beats, one epoch, temp dir")
-    args = ap.parse_args(argv)
+    # --smoke runs inter only (the default): the intra run goes through the same train/export/evaluate
+    # code, and the QAT graph building and four conversions per run are what make the smoke run slow.
+    args = training.parse(ap, argv)
+    protocols, out = args.protocol_list, args.out_dir
     _need_qat_packages()
     t_start = time.perf_counter()
     if args.smoke:
         args.epochs = args.qat_epochs = args.intra_epochs = 1
         args.keep_normal, args.tcn_beats = 150, 40
-        out = Path(args.out or tempfile.mkdtemp(prefix=f"{NAME}-smoke-"))
-    else:
-        out = Path(args.out or HERE)
-    out.mkdir(parents=True, exist_ok=True)
 
     if args.smoke:
         beats = training.subsample(training.load_beats(args.mitdb, data.BUNDLED_RECORDS, SPEC), 300, args.seed)
-        train_set = _take(beats, beats.records != data.BUNDLED_RECORDS[2])
-        test = _take(beats, beats.records == data.BUNDLED_RECORDS[2])
+        train_set = training.take(beats, beats.records != data.BUNDLED_RECORDS[2])
+        test = training.take(beats, beats.records == data.BUNDLED_RECORDS[2])
     else:
         train_set, test = training.inter_patient(args.mitdb, SPEC)
     print(f"inter: train {len(train_set.names)} records {train_set.counts()}; test {len(test.names)} records {test.counts()}")
@@ -215,37 +196,36 @@ def main(argv=None) -> int:
 
     keras.utils.set_random_seed(args.seed)
     tf.config.threading.set_intra_op_parallelism_threads(2)
-    float_model, qat, log = train(tf, keras, train_set, args, args.epochs, args.qat_epochs, "inter")
-    files = export(tf, qat)
-    inter = evaluate(files, float_model, test, args.tcn_beats, args.seed)
-    print("[inter] INT8 strided DS2:", training.summary(inter["int8_strided"]))
-    print("[inter] TCN vs strided INT8:", inter["agreement_int8_tcn_vs_strided"])
+    inter = files = None
+    if "inter" in protocols:
+        float_model, qat, log = train(tf, keras, train_set, args, args.epochs, args.qat_epochs, "inter")
+        files = export(tf, qat)
+        inter = evaluate(files, float_model, test, args.tcn_beats, args.seed)
+        print("[inter] INT8 strided DS2:", training.summary(inter["int8_strided"]))
+        print("[inter] TCN vs strided INT8:", inter["agreement_int8_tcn_vs_strided"])
 
     intra = None
-    # --smoke skips the intra-patient run: it goes through the same train/export/evaluate code, and the
-    # QAT graph building and four conversions per run are what make the smoke run slow.
-    if not args.no_intra and not args.smoke:
+    if "intra" in protocols:
         tf = training.deterministic(args.seed)
         keras.utils.set_random_seed(args.seed)
         tr, te = training.intra_patient(args.mitdb, SPEC, test_fraction=0.2, seed=0)
         print(f"intra: train {tr.counts()}; test {te.counts()}")
         f_intra, q_intra, log_intra = train(tf, keras, tr, args, args.intra_epochs, 1, "intra")
+        intra_files = export(tf, q_intra)
         # The INT8 TCN costs ~5 ms a beat on the host: the agreement check of this run uses 2000 beats.
-        intra = {**log_intra, **evaluate(export(tf, q_intra), f_intra, te, 2000, args.seed)}
+        intra = {**log_intra, **evaluate(intra_files, f_intra, te, 2000, args.seed)}
+        if files is None:  # intra only: its files are written, into a temp dir (training.output_dir)
+            files, float_model, log = intra_files, f_intra, log_intra
         print("[intra] INT8 strided:", training.summary(intra["int8_strided"]))
 
     names = {"tcn_int8": f"{NAME}_tcn_int8.tflite", "tcn_float": f"{NAME}_tcn_float.tflite",
              "strided_int8": f"{NAME}_strided_int8.tflite", "strided_float": f"{NAME}_strided_float.tflite"}
     for key, fname in names.items():
         (out / fname).write_bytes(files[key])
-    interp = training.interpreter(files["strided_int8"])
-    interp.allocate_tensors()
-    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
     total = time.perf_counter() - t_start
     metrics = {
         "model": NAME, "smoke": bool(args.smoke),
-        "window": {"before": SPEC.before, "after": SPEC.after, "channel": SPEC.channel,
-                   "decimate": SPEC.decimate, "normalize": SPEC.normalize, "length": SPEC.length},
+        "window": training.window_dict(SPEC),
         "classes": list(CLASSES), "centre_index": reparam.CENTRE, "receptive_field": reparam.RF,
         "filters": reparam.FILTERS, "kernel": reparam.KERNEL, "dilations": [1, *reparam.DILATIONS],
         "quantization": "QAT (tensorflow-model-optimization default 8-bit scheme), converter ranges from the QAT quantizers",
@@ -254,20 +234,17 @@ def main(argv=None) -> int:
         "params": int(float_model.count_params()),
         "ops_counts_static": {"tcn": reparam.counts("tcn"), "strided": reparam.counts("strided")},
         "macs_harness_costmodel": _harness_macs(files),
-        "files": {names[k]: {"bytes": len(v), "sha256": hashlib.sha256(v).hexdigest(), "ops": training.op_list(v)}
+        "files": {names[k]: {"bytes": len(v), "sha256": training.sha256s(f=v)["f"], "ops": training.op_list(v)}
                   for k, v in files.items()},
-        "int8_io_strided": {"input_shape": inp["shape"].tolist(), "input_scale": float(inp["quantization"][0]),
-                            "input_zero_point": int(inp["quantization"][1]), "output_shape": outp["shape"].tolist(),
-                            "output_scale": float(outp["quantization"][0]),
-                            "output_zero_point": int(outp["quantization"][1])},
+        "int8_io_strided": training.int8_io(files["strided_int8"]),
         "inter_patient": {"train_records": list(train_set.names), "train_beats": train_set.counts(),
-                          "test_records": list(test.names), "test_beats": test.counts(), **log, **inter},
+                          "test_records": list(test.names), "test_beats": test.counts(), **log, **inter}
+        if inter else None,
         "intra_patient": intra,
         "total_seconds_host_wall": round(total, 1),
-        "versions": {"tensorflow": tf.__version__, "tf_keras": keras.__version__, "tfmot": _tfmot_version(),
-                     "numpy": np.__version__, "python": platform.python_version()},
+        "versions": training.versions(tf, keras, tfmot=_tfmot_version()),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    training.write_metrics(out, metrics)
     print(f"wrote {', '.join(names.values())} and metrics.json to {out} in {total:.0f} s")
     return 0
 
@@ -279,11 +256,6 @@ def _harness_macs(files: dict) -> dict | str:
         return {k: count_macs(v) for k, v in files.items() if k.endswith("int8")}
     except Exception as exc:  # noqa: BLE001 — the static counts above still hold
         return f"not computed here ({type(exc).__name__}); run harness.costmodel.count_macs in the runtime venv"
-
-
-def _take(beats: training.BeatSet, mask: np.ndarray) -> training.BeatSet:
-    return training.BeatSet(beats.x[mask], beats.y[mask], beats.records[mask],
-                            tuple(sorted(set(beats.records[mask].tolist()))), beats.skipped)
 
 
 def _need_qat_packages() -> None:
