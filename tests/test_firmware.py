@@ -103,10 +103,12 @@ def test_kit_check_fails_on_a_stale_resolver_count(kit_run, tmp_path):
     command = cmd_file.read_text()
     token = f"-I{FW} "
     assert token in command, f"{cmd_file} does not put {FW} on the include path"
-    command = command.replace(token, f"-I{tmp_path} {token}", 1).replace(f"-MF {out}", f"-MF {tmp_path}", 1)
+    command = command.replace(token, f"-I{tmp_path} {token}", 1)
+    command = re.sub(r"-MD -MF \S+", f"-MD -MF {tmp_path / 'inference.d'}", command)  # the kit's logs stay as they are
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "HIL_OP_COUNT" in result.stderr
+    # The failure is inference.cc's own static_assert, not a broken command line.
+    assert "resolver_ops.def: HIL_OP_COUNT differs from the number of HIL_OP lines" in result.stderr, result.stderr[-2000:]
 
 
 def test_reference_kernels_build_compiles_clean_against_the_esp_idf_kit(kit_run, tmp_path):
