@@ -7,9 +7,10 @@ harness starts it as a child process (harness/labgrid.py):
 
     .venv-labgrid/bin/python harness/lgplace.py --coordinator HOST:PORT --place NAME [--wait S]
 
-On success it prints `URL rfc2217://HOST:PORT?ign_set_control`, `SPEED N`, `EXPORTER NAME`, then `READY`,
-and holds the place until its stdin closes (the harness finished, failed or was killed), then releases
-it. On failure it prints one `HILnnn cause -- fix: hint` line on stderr and exits 2, releasing what it
+On success it prints `URL rfc2217://HOST:PORT?ign_set_control`, `SPEED N`, `POWER CLASS|none`, then
+`READY`, and holds the place until its stdin closes (the harness finished, failed or was killed), then
+releases it. A `power-cycle` line on stdin cycles the place's power (answer `POWER-CYCLED` or
+`POWER-FAILED why`). On failure it prints one `HILnnn cause -- fix: hint` line on stderr and exits 2, releasing what it
 acquired. One coordinator session serves everything (a second one in the process would fail).
 """
 
@@ -38,6 +39,17 @@ def _serial_resource(session, place):
         if cls == "NetworkSerialPort":
             return name, resource
     return None, None
+
+
+def _power_cycle(session, place: str) -> str:
+    """Cycle the place's power through labgrid's own power driver (what `labgrid-client power cycle` does)."""
+    session.args = argparse.Namespace(place=place, action="cycle", delay=1.0, name=None, state=None,
+                                      initial_state=None, allow_unmatched=True, kick=False)
+    try:
+        session.power()
+    except Exception as exc:  # noqa: BLE001 - reported to the harness, which decides
+        return f"POWER-FAILED {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return "POWER-CYCLED"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,11 +130,21 @@ def main(argv: list[str] | None = None) -> int:
         # ser2net never answers RFC 2217's DTR request on a pty: labgrid's own serial driver ignores it too.
         print(f"URL rfc2217://{host}:{port}?ign_set_control", flush=True)
         print(f"SPEED {resource.args.get('speed', 115200)}", flush=True)
+        powers = sorted(cls for (_, cls) in session.get_target_resources(place) if "Power" in cls)
+        print(f"POWER {powers[0] if powers else 'none'}", flush=True)
         print("READY", flush=True)
-        while True:  # hold the place until the harness closes our stdin (or dies)
+        pending = b""
+        while True:  # hold the place until the harness closes our stdin (or dies); obey its commands
             ready, _, _ = select.select([sys.stdin], [], [], 0.5)
-            if ready and not os.read(sys.stdin.fileno(), 4096):
-                break
+            if ready:
+                data = os.read(sys.stdin.fileno(), 4096)
+                if not data:
+                    break
+                pending += data
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    if line.strip() == b"power-cycle":
+                        print(_power_cycle(session, args.place), flush=True)
             _pump(session, 0.01)
         return 0
     finally:

@@ -5,8 +5,9 @@ labgrid lives in its own virtualenv (`make labgrid` → `.venv-labgrid`; or `HIL
 pyserial-labgrid, which replaces pyserial's `serial` package and registers an auto-loading pytest plugin,
 so importing it here would change the harness's own serial stack. `LabgridPlace` runs harness/lgplace.py
 with that interpreter as a child process; the child holds the coordinator session and the place, prints
-the port's `rfc2217://` URL, and releases the place once its stdin closes, which also happens when this
-process dies.
+the port's `rfc2217://` URL and whether the place has a power switch, cycles that switch when asked
+(`power_cycle`, labgrid's own power driver), and releases the place once its stdin closes, which also
+happens when this process dies.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class LabgridPlace:
         self.python = python or labgrid_python()
         self.url: str | None = None
         self.speed: int | None = None
+        self.power: str | None = None  # the place's power resource class, when it has one
+        self.power_cycles = 0
         self._proc = self._stderr = None
 
     def start(self) -> str:
@@ -73,6 +76,8 @@ class LabgridPlace:
                 self.url = value
             elif key == "SPEED":
                 self.speed = int(value)
+            elif key == "POWER":
+                self.power = None if value == "none" else value
             elif key == "READY" and self.url:
                 return self.url
         self._proc.wait(timeout=10) if self._proc.poll() is None and time.monotonic() >= deadline else None
@@ -86,6 +91,26 @@ class LabgridPlace:
             return LabgridError(found.group(2), found.group(3) or "", code=found.group(1))
         return LabgridError(f"labgrid place {self.place}: the place helper stopped ({last or 'no output'})",
                             "run harness/lgplace.py with .venv-labgrid/bin/python by hand to see why")
+
+    def power_cycle(self, timeout_s: float = 60.0) -> None:
+        """Cycle the board's power through the place's power driver (labgrid), e.g. to revive a wedged board."""
+        if self.power is None or self._proc is None:
+            raise LabgridError(f"place {self.place} has no power port to cycle",
+                               "add the board's power switch to the place (a NetworkPowerPort match)", code="HIL258")
+        self._proc.stdin.write(b"power-cycle\n")
+        self._proc.stdin.flush()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self._proc.stdout.readline().decode(errors="replace").strip()
+            if line == "POWER-CYCLED":
+                self.power_cycles += 1
+                return
+            if line.startswith("POWER-FAILED") or not line:
+                raise LabgridError(f"power-cycling place {self.place} failed: {line[13:] or 'helper stopped'}",
+                                   f"check the power switch: `labgrid-client -p {self.place} power cycle`",
+                                   code="HIL258")
+        raise LabgridError(f"power-cycling place {self.place} took over {timeout_s:.0f} s",
+                           f"check the power switch: `labgrid-client -p {self.place} power cycle`", code="HIL258")
 
     def stop(self) -> None:
         """Release the place (the child releases it when its stdin closes)."""

@@ -345,7 +345,18 @@ class HilSession:
                                 skip_flash=self.options["skip_flash"])
         slot.link = open_link(url, baud)
         board = Board(slot.link, timeout_s=profile.timeout_s, window=window, name=slot.label)
-        hello = board.hello()  # our firmware answers, at the right baud, before any model is sent
+        try:
+            hello = board.hello()  # our firmware answers, at the right baud, before any model is sent
+        except HarnessError as err:
+            if err.kind != "timeout" or slot.place is None or slot.place.power is None:
+                raise
+            # A wedged board in a labgrid place with a power switch: cycle its power once and ask again.
+            slot.place.power_cycle()
+            try:
+                hello = board.hello()
+            except HarnessError as again:
+                again.message += f" (also after power-cycling labgrid place {slot.place.place})"
+                raise again from None
         if slot.device != "virtual":  # a board we did not start: is it the one the profile describes?
             check_board(profile, hello, slot.device)
         return board
@@ -593,6 +604,8 @@ def board_provenance(slot: DeviceSlot, board: Board) -> dict:
             pass
     if slot.label != slot.device:
         info["label"] = slot.label
+    if slot.place is not None and slot.place.power_cycles:
+        info["power_cycles"] = slot.place.power_cycles  # revived through the labgrid place's power switch
     return info
 
 

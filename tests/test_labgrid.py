@@ -67,11 +67,14 @@ class Lab:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
 
-    def exporter(self, name: str, pty: str, env: dict | None = None) -> None:
+    def exporter(self, name: str, pty: str, env: dict | None = None, power_url: str | None = None) -> None:
         config = self.tmp / f"{name}.yaml"
         # The exporter config is a Jinja2 template: its comments start with ##.
-        config.write_text(f"## a virtual board's pty, served by ser2net\nhil:\n  RawSerialPort:\n    port: {pty}\n"
-                          f"    speed: 921600\n")
+        text = (f"## a virtual board's pty, served by ser2net\nhil:\n  RawSerialPort:\n    port: {pty}\n"
+                f"    speed: 921600\n")
+        if power_url:  # labgrid's simplerest power backend: GET host.format(index=..., value=1|0)
+            text += f"  NetworkPowerPort:\n    model: simplerest\n    host: '{power_url}'\n    index: 0\n"
+        config.write_text(text)
         self.start([str(LG_BIN / "labgrid-exporter"), "-c", self.address, "--hostname", "127.0.0.1", "-n", name,
                     str(config)], "connected to coordinator", env=env)
 
@@ -92,11 +95,46 @@ class Lab:
             log.close()
 
 
+class PowerSwitch:
+    """A network power switch as labgrid's `simplerest` model drives it: GET /power/<index>/<1|0> switches,
+    GET /power/<index> reads the state. It records what it was asked."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        switch = self
+        self.calls: list[str] = []
+        self.state = "1"
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                parts = self.path.strip("/").split("/")
+                if len(parts) == 3:
+                    switch.state = parts[2]
+                    switch.calls.append(parts[2])
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(switch.state.encode())
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/power/{{index}}/{{value}}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lab")
     lab = Lab(tmp)
     boards = [VirtualBoard("virtual", store_dir=tmp / f"store{i}") for i in range(2)]
+    boards.append(VirtualBoard("virtual", store_dir=tmp / "store2", faults=["never-answer"]))  # wedged
+    switch = PowerSwitch()
     try:
         lab.start([str(LG_BIN / "labgrid-coordinator"), "-l", lab.address], "Coordinator ready")
         ptys = [vb.start() for vb in boards]
@@ -112,8 +150,14 @@ def lab(tmp_path_factory):
         lab.client("-p", "noserial", "create")
         lab.client("-p", "broken", "create")
         lab.client("-p", "broken", "add-match", "exp2/hil/NetworkSerialPort")
+        lab.exporter("exp3", ptys[2], power_url=switch.url)
+        lab.client("-p", "wedged", "create")
+        lab.client("-p", "wedged", "add-match", "exp3/hil/NetworkSerialPort")
+        lab.client("-p", "wedged", "add-match", "exp3/hil/NetworkPowerPort")
+        lab.switch = switch
         yield lab
     finally:
+        switch.close()
         lab.stop()
         for vb in boards:
             vb.stop()
@@ -226,3 +270,13 @@ def test_ctrl_c_releases_the_place(tmp_path, lab):
     while lab.acquired("board1") != "None" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert lab.acquired("board1") == "None"
+
+
+def test_wedged_board_is_power_cycled_through_the_place(tmp_path, lab):
+    """A board that answers nothing: the harness cycles the place's power with labgrid's power driver once,
+    asks again, and (this one stays wedged) fails with one line that says it tried."""
+    lab.switch.calls.clear()
+    proc, results = run_bench(tmp_path, lab, "--device", "labgrid:wedged")
+    line = one_line(proc, results, "HIL31", "also after power-cycling labgrid place wedged")
+    assert lab.switch.calls == ["0", "1"], (lab.switch.calls, line)  # off, then on
+    assert lab.acquired("wedged") == "None"
