@@ -14,6 +14,7 @@ The input window comes from harness.data (the same function the harness uses to 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -113,16 +114,47 @@ def train_and_evaluate(train, test, args, tf, keras, with_quantize_check: bool) 
     return {"figures": figures, "model": model, "float_tflite": float_tflite, "int8_tflite": int8_tflite}
 
 
+def holdout_check(args, powers) -> int:
+    """The class-weight power choice made again without DS2: each power trained (float, pruning, INT8) on
+    DS1 minus the hold-out patients and scored on the hold-out (INT8 macro-F1 over N, S, V, F)."""
+    tf = training.deterministic(args.seed)
+    import keras
+
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    ds1, _ = training.load_split("inter", SPEC, args)
+    fit_set, holdout = training.patient_holdout(ds1)
+    results = {}
+    for power in powers:
+        args.weight_power = power
+        run = train_and_evaluate(fit_set, holdout, args, tf, keras, with_quantize_check=False)
+        results[f"{power:g}"] = run["figures"]["int8"]
+        print(f"[holdout] power {power:g}:", training.summary(results[f"{power:g}"]), flush=True)
+    best, scores = training.select(results, lambda m: m["macro_f1_nsvf"] or 0.0)
+    report = {"rule": "highest INT8 macro-F1 (N,S,V,F) on the DS1 hold-out patients", "smoke": bool(args.smoke),
+              "holdout_records": list(holdout.names), "holdout_beats": holdout.counts(),
+              "fit_records": list(fit_set.names), "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+              "scores": scores, "chosen_weight_power": float(best), "committed_weight_power": 0.5,
+              "per_power": results}
+    (args.out_dir / "holdout_check.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"hold-out choice: power {best} (committed model: 0.5)")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = training.cli(__doc__, "cnn1d", seed=7)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--finetune-epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--weight-power", type=float, default=0.5, help="class weight = (n_N / n_class) ** power")
+    ap.add_argument("--holdout-check", default=None, metavar="POWERS",
+                    help="only re-make the class-weight choice on the DS1 patient hold-out for these powers "
+                         "(e.g. 0.5,1.0): writes holdout_check.json, leaves the model files alone")
     args = training.parse(ap, argv)
     protocols, out = args.protocol_list, args.out_dir
     if args.smoke:
         args.epochs, args.finetune_epochs = 1, 1
+    if args.holdout_check:
+        return holdout_check(args, [float(p) for p in args.holdout_check.split(",")])
 
     t0 = time.perf_counter()
     tf = training.deterministic(args.seed)
