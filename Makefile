@@ -6,7 +6,7 @@ PYTEST := $(VENV)/bin/pytest
 MITDB  ?= ../shared/mitdb
 LGVENV := .venv-labgrid
 
-.PHONY: labgrid conformance bench-farm system-packages hil-board board-idle ci-summary idf-version report bench test bench-full bench-speed bench-noise bench-protocols bench-gate lib models model models-smoke clean fuzz fuzz-smoke soak
+.PHONY: labgrid conformance bench-farm system-packages hil-board board-idle ci-summary idf-version report bench test bench-full bench-speed bench-noise bench-protocols bench-gate lib models model models-smoke models-figures clean fuzz fuzz-smoke soak
 
 $(VENV)/.installed: pyproject.toml
 	@echo "== setting up $(VENV): hil-bench and its test dependencies from PyPI (about a minute the first time)"
@@ -83,6 +83,13 @@ model: $(VENV)/.train
 ## Every recipe in --smoke mode (bundled records, one epoch, temp dirs): what CI runs.
 models-smoke: $(VENV)/.train
 	@set -e; for recipe in models/*/train.py; do echo "== $$recipe --smoke"; $(PY) $$recipe --smoke; done
+
+## Figures of the committed models that need the full database but no TensorFlow (a few minutes each):
+## rr_beat with wfdb XQRS R peaks instead of annotations on DS2 (models/rr/detector.json), and ae_beat's
+## ROC AUC and Se at Sp 0.90 chosen on the DS1 hold-out (models/autoencoder/roc.json). Prints the figures.
+models-figures: $(VENV)/.installed
+	$(PY) models/rr/detector_eval.py --mitdb $(MITDB) --out models/rr/detector.json
+	$(PY) models/autoencoder/roc.py --mitdb $(MITDB) --out models/autoencoder/roc.json
 
 ## libFuzzer on the C core's frame decoder and dispatch: 10 million executions per target (needs clang:
 ## `apt-get install clang`). fuzz-smoke is the short run CI does (tests/test_fuzz.py).
