@@ -64,3 +64,13 @@ def test_unknown_rhythm_is_a_data_error_and_the_registry_reads_rhythm():
     assert model._window(raw, "entry") == data.WindowSpec(90, 110, 0, 2, "beat_zscore", "none", "rr")
     with pytest.raises(Exception, match="window.rhythm"):
         model._window({**raw, "rhythm": "hrv"}, "entry")
+
+
+def test_causality_names_whole_record_statistics_and_annotated_neighbours():
+    spec = data.WindowSpec(648, 648, normalize="record_zscore", mask="half_rr")
+    notes = spec.causality()
+    assert len(notes) == 2 and "whole record" in notes[0] and "annotated" in notes[1]
+    registry = {m.name: m for m in model.load_registry()}
+    assert registry["beatimage_mobilenet"].window.causality() == notes
+    assert registry["cnn1d_beat"].window.causality() == []
+    assert "one beat of latency" in registry["rr_beat"].window.causality()[0]
