@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import platform
 import time
@@ -91,6 +92,30 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+@functools.lru_cache(maxsize=8)
+def _windows(mitdb_dir: str, name: str, window: data.WindowSpec) -> data.Windows:
+    """A record's beat windows, kept for the next few asks: a run plans over its records and then streams
+    them, and the shards of a farm run (threads of this process) walk the same records."""
+    return data.beat_windows(data.load_record(mitdb_dir, name), window)
+
+
+_OUTLINE: dict = {}  # (dir, record, window) → (beats, skipped at the edges): what planning and skipping need
+
+
+def forget_records() -> None:
+    """Drop the records kept in this process (a benchmark measuring one fresh run's cost)."""
+    _windows.cache_clear()
+    _OUTLINE.clear()
+
+
+def _outline(mitdb_dir, name: str, window: data.WindowSpec) -> tuple[list, int]:
+    key = (str(mitdb_dir), str(name), window)
+    if key not in _OUTLINE:
+        windows = _windows(str(mitdb_dir), str(name), window)
+        _OUTLINE[key] = (windows.beats, windows.skipped)
+    return _OUTLINE[key]
+
+
 def _plan(model: Model, spec: BenchSpec) -> tuple[int, beatset.BeatSet]:
     """How many beats the run will stream, and their fingerprint (the figures cover exactly these beats).
     A shard plans only its range of the run's beats."""
@@ -106,7 +131,7 @@ def _plan(model: Model, spec: BenchSpec) -> tuple[int, beatset.BeatSet]:
     for name in spec.records:
         if (spec.max_beats is not None and seen >= spec.max_beats) or (hi is not None and seen >= hi):
             break  # _stream stops before this record too
-        beats = data.beat_windows(data.load_record(spec.mitdb_dir, name), model.window).beats
+        beats, _ = _outline(spec.mitdb_dir, name, model.window)
         first, last = _cut(len(beats), seen, lo, hi, spec.max_beats)
         seen += len(beats)
         if last > first:
@@ -376,16 +401,20 @@ def _stream(board: Board, model: Model, spec: BenchSpec, mix: noise.NoiseMix | N
     for name in spec.records:
         if (spec.max_beats is not None and seen >= spec.max_beats) or (hi is not None and seen >= hi):
             break
-        record = data.load_record(spec.mitdb_dir, name)
-        if mix is not None:
-            record = mix.apply(record)
-        windows = data.beat_windows(record, model.window)
+        if mix is None:
+            outline, skipped = _outline(spec.mitdb_dir, name, model.window)
+            windows = None  # loaded only when this run streams some of the record's beats
+        else:
+            windows = data.beat_windows(mix.apply(data.load_record(spec.mitdb_dir, name)), model.window)
+            outline, skipped = windows.beats, windows.skipped
         if lo <= seen and (hi is None or seen < hi):
-            skipped_edge += windows.skipped  # counted once, by the shard holding the record's first beat
-        first, last = _cut(len(windows.beats), seen, lo, hi, spec.max_beats)
-        seen += len(windows.beats)
+            skipped_edge += skipped  # counted once, by the shard holding the record's first beat
+        first, last = _cut(len(outline), seen, lo, hi, spec.max_beats)
+        seen += len(outline)
         if last <= first:
             continue
+        if windows is None:
+            windows = _windows(str(spec.mitdb_dir), str(name), model.window)
         beats = windows.beats[first:last]
         x = data.quantize(windows.x[first:last], model.input.scale, model.input.zero_point)
         x = x.reshape((len(beats),) + tuple(model.input.shape[1:]))
