@@ -62,7 +62,7 @@ def test_readme_model_example_runs_and_results_record_its_window(tmp_path):
     prov = result["provenance"]
     assert prov["model_source"] == "user"
     assert prov["window"] == {"before": 374, "after": 374, "channel": 0, "decimate": 4, "normalize": "beat_zscore",
-                              "mask": "none"}
+                              "mask": "none", "rhythm": "none"}
     assert Path(prov["data_dir"]).is_absolute() and Path(prov["data_dir"]) == (REPO / "data" / "mitdb").resolve()
     assert Path(doc["session"]["data_dir"]).is_absolute()
 
