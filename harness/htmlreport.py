@@ -164,7 +164,8 @@ def _result_section(plt, result: Result) -> str:
     if result.failure_line:
         out.append(f"<p class='bad mono'>{_e(result.failure_line)}</p>")
     out.append(_facts_table(result))
-    images = [_confusion_plot(plt, result), _class_bars(plt, result), _latency_plot(plt, result)]
+    images = [_confusion_plot(plt, result), _class_bars(plt, result), _latency_plot(plt, result),
+              _noise_plot(plt, result)]
     out.append("<div class='plots'>" + "".join(img for img in images if img) + "</div>")
     out.append(_mismatch_block(plt, result))
     out.append("</section>")
@@ -421,6 +422,34 @@ def _latency_plot(plt, result: Result) -> str | None:
     ax.set_title(f"latency, {hist.get('n')} beats after warm-up")
     ax.legend(fontsize=7)
     return _img(plt, fig, f"latency histogram of {result.name}")
+
+
+def _noise_plot(plt, result: Result) -> str | None:
+    """Accuracy and the sweep's metric against SNR, one colour per noise type (--noise-sweep)."""
+    sweep = (getattr(result, "noise", None) or {}).get("sweep") or {}
+    curves = sweep.get("curves") or {}
+    if not curves:
+        return None
+    metric = sweep.get("metric", "macro_f1")
+    clean = sweep.get("clean") or {}
+    fig, ax = plt.subplots(figsize=(3.8, 2.6))
+    for k, (name, curve) in enumerate(sorted(curves.items())):
+        points = sorted(curve.get("points") or [], key=lambda p: p["snr_db"])
+        colour = f"C{k}"
+        snrs = [p["snr_db"] for p in points]
+        ax.plot(snrs, [p.get(metric) for p in points], "o-", color=colour, label=f"{name} {metric}")
+        ax.plot(snrs, [p.get("accuracy") for p in points], "s:", color=colour, label=f"{name} accuracy")
+        if curve.get("snr90_db") is not None:
+            ax.axvline(curve["snr90_db"], color=colour, linestyle="--", linewidth=0.8)
+    if clean.get(metric) is not None:
+        ax.axhline(clean[metric], color="black", linewidth=0.8, label=f"clean {metric}")
+        ax.axhline(0.9 * clean[metric], color="grey", linestyle="--", linewidth=0.8, label="90 % of clean")
+    ax.set_xlabel("SNR, dB (NSTDB); dashed: metric < 90 % of clean")
+    ax.set_ylim(0, 1.05)
+    ax.invert_xaxis()  # noisier to the right, as the sweep runs
+    ax.set_title("under NSTDB noise")
+    ax.legend(fontsize=6, loc="lower left")
+    return _img(plt, fig, f"accuracy against noise of {result.name}")
 
 
 def _ecg_plot(plt, result: Result, first: dict) -> str | None:

@@ -232,6 +232,17 @@ def test_gate_outcomes_are_shown_when_the_gate_records_them():
     assert "<span class='bad'>accuracy 0.9 → 0.8</span>" in page  # the run's line of non-pass outcomes
 
 
+def test_a_noise_sweep_is_drawn_as_curves_against_snr():
+    swept = make_result()
+    point = {"beats": 100, "mismatching_beats": 0, "per_class": {}}
+    swept.noise = {"sweep": {"metric": "macro_f1", "snr_db": [12.0, -6.0], "clean": {"macro_f1": 0.8, "accuracy": 0.9},
+                             "curves": {"ma": {"snr90_db": 9.5, "points": [
+                                 {**point, "snr_db": 12.0, "macro_f1": 0.75, "accuracy": 0.88},
+                                 {**point, "snr_db": -6.0, "macro_f1": 0.3, "accuracy": 0.5}]}}}}
+    assert "alt='accuracy against noise of " in htmlreport.render([swept])
+    assert "accuracy against noise" not in htmlreport.render([make_result()])  # no sweep, no plot
+
+
 def test_page_for_five_models_stays_under_2_mb():
     results = [mismatching(model=f"model_{i}") for i in range(5)]
     page = htmlreport.render(results, manifest=manifest.build(results), history_rows=[])
