@@ -22,7 +22,7 @@ $(VENV)/.train: $(VENV)/.installed
 
 # The C device core as the virtual board loads it (the board also builds it on demand).
 lib: $(VENV)/.installed
-	$(PY) -c "from harness.virtual.core import ensure_library; print(ensure_library())"
+	$(PY) -c "from harness.boards.virtual.core import ensure_library; print(ensure_library())"
 
 ## The main job: every shipped model on the virtual board over the bundled MIT-BIH records.
 bench: $(VENV)/.installed
@@ -40,7 +40,7 @@ conformance: $(VENV)/.installed
 ## profile from out/history.sqlite (every run appends to it). OUT=dir for another run's output directory.
 OUT ?= out
 report: $(VENV)/.installed
-	$(PY) -m harness.htmlreport $(OUT)
+	$(PY) -m harness.report.html $(OUT)
 
 ## The test suite (unit and C core tests, recipe smoke runs, the HIL suite on the virtual board). Its HIL
 ## reports go to out/test, so that `make bench`'s out/ survives a test run; its gate is strict (a figure it
@@ -59,15 +59,15 @@ bench-noise: $(VENV)/.installed
 
 ## Link and throughput figures: line-rate bound at 921600 baud, TFLM-invoke bound, harness memory.
 bench-speed: $(VENV)/.installed
-	$(PY) -m harness.speed
+	$(PY) -m harness.benchmarks.speed
 
 ## Our protocol vs MLPerf Tiny's on the same throttled link (115200 and 921600 baud): beats/s and the ratio.
 bench-protocols: $(VENV)/.installed
-	$(PY) -m harness.protocols_bench
+	$(PY) -m harness.benchmarks.protocols
 
 ## The gate's own cost: paired bootstrap over 48 records × 1,000 resamples plus McNemar (goal < 2 s).
 bench-gate: $(VENV)/.installed
-	$(PY) -m harness.stats
+	$(PY) -m harness.gate.stats
 
 ## Retrain every model family (models/*/train.py) from $(MITDB) (TensorFlow in the `train` extra).
 models: $(VENV)/.train
@@ -105,7 +105,7 @@ clean:
 ## Soak: all 48 MIT-BIH records through a damaged link (1e-4 BER, 1 % frame loss) to a board that resets
 ## every 10,000 beats, and a board that stops answering; prints goal vs achieved (takes minutes).
 soak: $(VENV)/.installed
-	$(PY) -m harness.soak --mitdb $(MITDB)
+	$(PY) -m harness.benchmarks.soak --mitdb $(MITDB)
 
 ## CI board job (.github/workflows/hil.yml, .gitlab-ci.yml, docs/ci.md): every model on the runner's board,
 ## strict gate. DEVICE defaults to $$HIL_DEVICE (set per runner, e.g. /dev/hil-<serial>), else auto.
@@ -116,7 +116,7 @@ hil-board: $(VENV)/.installed
 
 ## Leave the board idle after a job, also a cancelled one (reset, HELLO, port released).
 board-idle: $(VENV)/.installed
-	$(PY) -m harness.idle --device $(DEVICE) --target $(TARGET)
+	$(PY) -m harness.boards.idle --device $(DEVICE) --target $(TARGET)
 
 ## Append the run's Markdown summary (out/$(TARGET)/summary.md) to the CI job page.
 ci-summary:
@@ -142,11 +142,11 @@ system-packages:
 ## verified beat with and without the reference cache (boards per core), and the full MIT-BIH from $(MITDB)
 ## sharded over 4 boards vs one board (wall time, merged figures identical). Takes several minutes.
 bench-farm: $(VENV)/.installed
-	$(PY) -m harness.farmbench --mitdb $(MITDB)
+	$(PY) -m harness.benchmarks.farm --mitdb $(MITDB)
 
 ## labgrid in its own virtualenv (.venv-labgrid): it depends on pyserial-labgrid, which replaces pyserial's
 ## `serial` package and registers a pytest plugin, so it stays out of .venv. --device labgrid:PLACE runs its
-## helper (harness/lgplace.py) with this interpreter; tests/test_labgrid.py starts a coordinator with it.
+## helper (harness/boards/lgplace.py) with this interpreter; tests/test_labgrid.py starts a coordinator with it.
 labgrid: $(LGVENV)/.installed
 $(LGVENV)/.installed:
 	$(PYTHON) -m venv $(LGVENV)

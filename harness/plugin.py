@@ -20,15 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from . import bench, compare, data, farm, gate, htmlreport, manifest, noise, perfrule, places, refcache, report
-from .board import Board
+from .bench import run as bench, data, noise, perfrule, refcache
+from .gate import compare, baseline as gate
+from .boards import farm, places
+from .report import html as htmlreport, manifest, outputs as report
+from .boards.board import Board
 from .errors import ConfigError, HarnessError
-from .model import TASKS, Model, check_model, load_registry, load_user_model, sidecar_path
-from .profiles import Profile, check_board, load_profile
-from .reference import REFERENCES, make_reference
-from .reference import check_available as check_reference
-from .results import Result
-from .transport import open_link
+from .bench.model import TASKS, Model, check_model, load_registry, load_user_model, sidecar_path
+from .boards.profiles import Profile, check_board, load_profile
+from .bench.reference import REFERENCES, make_reference
+from .bench.reference import check_available as check_reference
+from .bench.results import Result
+from .link.transport import open_link
 
 REPO = Path(__file__).resolve().parent.parent
 _SESSION = pytest.StashKey["HilSession"]()
@@ -108,8 +111,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--virtual-throttle", action="store_true",
                 help="virtual board: limit the link to the baud rate, like a UART")
     g.addoption("--virtual-fault", action="append", default=None, metavar="SPEC",
-                help="virtual board fault switch, e.g. flip-lsb:5 (see harness/virtual)")
-    # Noise (harness/noise.py): MIT-BIH Noise Stress Test Database noise at an SNR, before windowing.
+                help="virtual board fault switch, e.g. flip-lsb:5 (see harness/boards/virtual)")
+    # Noise (harness/bench/noise.py): MIT-BIH Noise Stress Test Database noise at an SNR, before windowing.
     g.addoption("--noise", default=None, metavar="NAME:DB,...",
                 help="add NSTDB noise at these SNRs (NSTDB's definition), e.g. bw:12,ma:6 (bw, ma; em if --nstdb has it)")
     g.addoption("--noise-sweep", default=None, metavar="NAMES",
@@ -143,7 +146,7 @@ class DeviceSlot:
     protocol: str = "hil"
     alt: dict = field(default_factory=dict)  # --kernels both on the virtual board: kernels → (board, virtual)
     label: str = ""  # the device, numbered when `virtual` is given more than once
-    place: object | None = None  # the labgrid place held for a labgrid:PLACE device (harness/places.py)
+    place: object | None = None  # the labgrid place held for a labgrid:PLACE device (harness/boards/places.py)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.device
@@ -325,14 +328,14 @@ class HilSession:
         if slot.protocol == "mlperf-tiny":
             return self._connect_mlperf(slot, baud)
         if slot.device == "virtual":
-            from .virtual import VirtualBoard
+            from .boards.virtual import VirtualBoard
 
             slot.virtual = VirtualBoard(str(profile.path),
                                         throttle_baud=baud if self.options["throttle"] else None,
                                         faults=self.options["faults"])
             url = slot.virtual.start()
         else:
-            from .device import prepare_board  # the real-board path: build, flash, reset
+            from .boards.device import prepare_board  # the real-board path: build, flash, reset
 
             port = slot.device
             if port.startswith(places.PREFIX):  # acquire the labgrid place; its port is an rfc2217:// URL
@@ -362,13 +365,13 @@ class HilSession:
         return board
 
     def _connect_mlperf(self, slot: DeviceSlot, baud: int):
-        """An MLPerf Tiny device (harness/mlperf.py). Its firmware has the model compiled in: a real one is
+        """An MLPerf Tiny device (harness/boards/mlperf.py). Its firmware has the model compiled in: a real one is
         used as flashed (its m-model id is checked per model); the virtual one is started with the model."""
-        from .mlperf import MlperfBoard
+        from .boards.mlperf import MlperfBoard
 
         flash = None
         if slot.device == "virtual":
-            from .virtual import VirtualBoard
+            from .boards.virtual import VirtualBoard
 
             def flash(data: bytes) -> str:  # "build and flash" the virtual MLPerf firmware with this model
                 model = next(m for m in self.models if m.data == data)
@@ -381,7 +384,7 @@ class HilSession:
 
             url = flash(self.models[0].data)
         else:
-            from .device import prepare_board  # the port, its reset; our firmware is not flashed over theirs
+            from .boards.device import prepare_board  # the port, its reset; our firmware is not flashed over theirs
 
             url = prepare_board(slot.device, slot.profile, baud=baud, build_dir=None, skip_flash=True)
         slot.link = open_link(url, baud)
@@ -417,7 +420,7 @@ class HilSession:
         Virtual: a second virtual board whose cycle estimates use that build's cost constants, kept for the
         session. Real: the slot's link is closed, the other build flashed (prepare_board), opened and checked;
         closed again after the run, so the next case flashes the profile's build back."""
-        from . import kernels
+        from .bench import kernels
 
         profile = slot.profile
         baud = self.options["baud"] or profile.baud
@@ -425,7 +428,7 @@ class HilSession:
         cost = kernels.virtual_cost_profile(build, profile.kernels) if slot.device == "virtual" else None
         if slot.device == "virtual":
             if build not in slot.alt:
-                from .virtual import VirtualBoard
+                from .boards.virtual import VirtualBoard
 
                 virtual = VirtualBoard(str(profile.path), cost_profile=cost,
                                        throttle_baud=baud if self.options["throttle"] else None)
@@ -433,7 +436,7 @@ class HilSession:
                 board = Board(link, timeout_s=profile.timeout_s, window=window, name=f"{slot.device}[{build}]")
                 slot.alt[build] = (board, virtual)
             return slot.alt[build][0], cost, lambda: None
-        from .device import prepare_board
+        from .boards.device import prepare_board
 
         if slot.board is not None:
             slot.board.close()
@@ -446,7 +449,7 @@ class HilSession:
 
     def _side_by_side(self, result: Result, model: Model, slot: DeviceSlot, ref, cross, progress) -> None:
         """--kernels both: the same model and beats on the other build; both verdicts count."""
-        from . import kernels
+        from .bench import kernels
 
         build = kernels.other(slot.profile.kernels)
         board, cost, done = self._kernels_board(slot, build)
@@ -487,7 +490,7 @@ class HilSession:
                            shard_out=states)
         result.provenance["board"] = board_provenance(slot, board)
         if slot.protocol == "hil":
-            from . import kernels
+            from .bench import kernels
 
             result.provenance["kernels"] = kernels.label(result, slot.profile.kernels)  # results name the kernels
             if self.options["kernels"] == "both":
@@ -556,7 +559,7 @@ def _expand_devices(devices: list[str], target: str | None) -> list[str]:
     out: list[str] = []
     for device in devices:
         if device == "auto":
-            from .flash import autodetect_ports  # probes the USB serial ports with esptool
+            from .boards.flash import autodetect_ports  # probes the USB serial ports with esptool
 
             out += autodetect_ports(load_profile(target or "esp32").chip)
         else:
@@ -836,7 +839,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
                     if refused and session.exitstatus == 0:
                         session.exitstatus = 1
         if hil.options.get("calibrate"):
-            from . import calibrate
+            from .bench import calibrate
 
             for slot in hil.slots:
                 if slot.device == "virtual":
@@ -863,7 +866,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if hil.farm is not None:
         for q in hil.farm.quarantined:
             terminalreporter.write_line(f"quarantined: {q.device} ({q.reason}); the run went on without it")
-    from . import kernels, perop  # per-op, health, cycles-vs-wall and kernels side by side, one line each
+    from .bench import kernels, perop  # per-op, health, cycles-vs-wall and kernels side by side, one line each
 
     for line in perop.board_lines(hil.results) + kernels.lines(hil.results) + kernels.evidence_lines(hil.results):
         terminalreporter.write_line(line)

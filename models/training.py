@@ -1,12 +1,12 @@
 """The recipe runner every models/*/train.py uses (TensorFlow side, never imported at runtime).
 
-Data always comes through harness.data (records, AAMI map, DS1/DS2, windowing), so a model is trained on
+Data always comes through harness.bench.data (records, AAMI map, DS1/DS2, windowing), so a model is trained on
 exactly the inputs the harness sends the board. Here: the two evaluation protocols (inter_patient,
 intra_patient) and the split of each (load_split, --smoke included), the DS1 patient hold-out every choice
 is made on (patient_holdout; DS2 is only ever the final test), class weights, the command line
 (cli, output_dir: an intra-only run never writes into the committed folder), deterministic setup,
 magnitude pruning with fixed masks, INT8 conversion, TFLite evaluation and the harness's reference
-(reference_outputs), the AAMI metrics (through harness.metrics), step costs, and the metrics.json writer
+(reference_outputs), the AAMI metrics (through harness.bench.metrics), step costs, and the metrics.json writer
 with the fields every family shares (common_metrics). A family's train.py holds its model and what is
 special about it.
 """
@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from harness import data  # noqa: E402
+from harness.bench import data  # noqa: E402
 
 
 @dataclass
@@ -183,7 +183,7 @@ def convert(model, representative: np.ndarray | None = None, int8_io: bool = Tru
 
     The model's Input should carry the batch size the board uses (1): the .tflite keeps that shape.
     int8_io=False keeps float input/output around the INT8 graph (QUANTIZE/DEQUANTIZE at the edges);
-    it is only used to check harness.data.quantize against TFLite's own QUANTIZE op.
+    it is only used to check harness.bench.data.quantize against TFLite's own QUANTIZE op.
     """
     import tensorflow as tf
 
@@ -226,7 +226,7 @@ def op_list(tflite: bytes) -> list[str]:
 def run_tflite(tflite: bytes, x: np.ndarray) -> tuple[np.ndarray, dict]:
     """Run every row of x (float) through the model one at a time, as the board does.
 
-    An INT8-input model gets harness.data.quantize(x, input scale, zero point); an INT8 output is
+    An INT8-input model gets harness.bench.data.quantize(x, input scale, zero point); an INT8 output is
     dequantized. Returns (float scores [n, outputs], timing info).
     """
     interp = interpreter(tflite)
@@ -261,8 +261,8 @@ print(json.dumps({'macs': costmodel.count_macs(data), 'probe': report}))
 
 
 def harness_figures(tflite_path, arena_bytes: int = 131072) -> dict:
-    """What the harness will see of an INT8 model: static MACs (harness.costmodel.count_macs), the
-    firmware-op check and the TFLM arena it needs (harness.tflm_probe, TFLM's allocation recorder on
+    """What the harness will see of an INT8 model: static MACs (harness.bench.costmodel.count_macs), the
+    firmware-op check and the TFLM arena it needs (harness.bench.tflm_probe, TFLM's allocation recorder on
     the 64-bit host), against the virtual profile's 131,072-byte arena by default.
 
     Runs in a child process: tflite-runtime 2.14 and TensorFlow 2.21 in one process clash (loading a model
@@ -279,14 +279,14 @@ def harness_figures(tflite_path, arena_bytes: int = 131072) -> dict:
     report = raw["probe"]
     if not report["ok"]:
         raise RuntimeError(f"the virtual board would refuse {tflite_path}: {report['error']}")
-    return {"macs": raw["macs"], "macs_source": "static_estimate (harness.costmodel.count_macs)",
+    return {"macs": raw["macs"], "macs_source": "static_estimate (harness.bench.costmodel.count_macs)",
             "arena_used_bytes": report["arena_used"],
-            "arena_source": "TFLM allocation recorder on the 64-bit host (harness.tflm_probe)",
+            "arena_source": "TFLM allocation recorder on the 64-bit host (harness.bench.tflm_probe)",
             "input_bytes": report["input_bytes"], "output_bytes": report["output_bytes"]}
 
 
 def quantize_agreement(tflite_float_io: bytes, x: np.ndarray) -> dict:
-    """Compare harness.data.quantize with the QUANTIZE op at the input of a float-I/O INT8 model.
+    """Compare harness.bench.data.quantize with the QUANTIZE op at the input of a float-I/O INT8 model.
 
     Feeds real windows plus values placed exactly on rounding ties ((k + 0.5) * scale), reads the
     QUANTIZE op's output tensor and counts disagreements.
@@ -320,13 +320,13 @@ def quantize_agreement(tflite_float_io: bytes, x: np.ndarray) -> dict:
 # --- Metrics -----------------------------------------------------------------------------------------
 
 def classification_metrics(y: np.ndarray, pred: np.ndarray, classes: tuple[str, ...]) -> dict:
-    """harness.metrics.classification (the project's one implementation) of class indices, plus the
+    """harness.bench.metrics.classification (the project's one implementation) of class indices, plus the
     macro-F1 over N, S, V, F only, rounded to 4 digits for metrics.json.
 
     Same keys as the bench's results.json: accuracy, macro_f1, per_class {se, ppv, f1, support,
     predicted}, confusion (rows = truth, columns = prediction), labels, n.
     """
-    from harness import metrics
+    from harness.bench import metrics
 
     labels = list(classes)
     result = metrics.classification([labels[i] for i in np.asarray(y)], [labels[i] for i in np.asarray(pred)],
@@ -536,14 +536,14 @@ def write_metrics(out: Path, metrics: dict) -> Path:
 _REFERENCE_SCRIPT = """
 import sys
 import numpy as np
-from harness.reference import TFLiteReference
+from harness.bench.reference import TFLiteReference
 reference = TFLiteReference(open(sys.argv[1], 'rb').read())
 np.save(sys.argv[3], reference.run(np.load(sys.argv[2])))
 """
 
 
 def reference_outputs(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
-    """int8 inputs [n, input values] → int8 outputs [n, output values] of harness.reference.TFLiteReference
+    """int8 inputs [n, input values] → int8 outputs [n, output values] of harness.bench.reference.TFLiteReference
     (tflite-runtime BUILTIN_REF, the interpreter the bench checks the board against, bit for bit).
 
     TensorFlow 2.21's own interpreter rounds differently on some ops (a step or two), and tflite-runtime
@@ -563,7 +563,7 @@ def reference_outputs(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
 
 
 def reference_scores(tflite: bytes, x: np.ndarray) -> np.ndarray:
-    """Dequantized INT8 outputs [n, outputs] of float windows x, through harness.data.quantize and
+    """Dequantized INT8 outputs [n, outputs] of float windows x, through harness.bench.data.quantize and
     reference_outputs: exactly what the bench computes from the board's bytes."""
     interp = interpreter(tflite)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.transport import open_link
+from harness.link.transport import open_link
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -149,7 +149,7 @@ BUNDLED = REPO / "data" / "mitdb"
 def test_permission_denied_names_the_group_to_join(tmp_path):
     """Root is never denied, so a plugin makes pyserial's open fail with EACCES as it does for a user
     outside the device's group; everything else is the real command line path."""
-    from harness.transport import device_group
+    from harness.link.transport import device_group
 
     master, slave = os.openpty()
     path = os.ttyname(slave)
@@ -214,8 +214,8 @@ def test_arena_check_is_the_measured_need(tmp_path):
     import dataclasses
 
     from harness.errors import ModelError
-    from harness.model import check_model, load_user_model, measure_arena
-    from harness.profiles import load_profile
+    from harness.bench.model import check_model, load_user_model, measure_arena
+    from harness.boards.profiles import load_profile
 
     model = load_user_model(CONV)
     need = measure_arena(model.data)
@@ -299,7 +299,7 @@ def test_reference_package_missing(tmp_path):
     (("chip=esp32", "kernels=reference"), "HIL141", ("reference kernels", "esp-nn", "--skip-flash")),
 ])
 def test_skip_flash_board_is_checked_against_the_profile(tmp_path, hello, code, words):
-    from harness.virtual import VirtualBoard
+    from harness.boards.virtual import VirtualBoard
 
     with VirtualBoard(store_dir=tmp_path / "store", hello=hello) as vb:
         proc = run_bench(tmp_path, "--device", vb.url, "--skip-flash", "--target", "esp32", "--model", CONV)
@@ -310,8 +310,8 @@ def test_hello_fields_against_the_profile():
     import dataclasses
 
     from harness.errors import ProfileError
-    from harness.profiles import check_board, load_profile
-    from harness.protocol import Hello
+    from harness.boards.profiles import check_board, load_profile
+    from harness.link.protocol import Hello
 
     profile = load_profile("esp32")
     good = Hello(proto_version=1, kernel_mode="esp-nn", timing_source="device_cycles", model_state=0,
@@ -364,8 +364,8 @@ def test_every_code_the_harness_raises_is_in_docs_errors_md():
 
 
 def test_every_device_error_code_has_its_own_documented_hil_code():
-    from harness.board import _BOARD_ERROR_CODES
-    from harness.protocol import DeviceErrorCode
+    from harness.boards.board import _BOARD_ERROR_CODES
+    from harness.link.protocol import DeviceErrorCode
 
     assert set(_BOARD_ERROR_CODES) == set(DeviceErrorCode)
     assert all(code == f"HIL4{int(dev):02d}" for dev, code in _BOARD_ERROR_CODES.items())

@@ -1,7 +1,7 @@
-"""Board commands (harness/board.py) over a real pty against a scripted test peer.
+"""Board commands (harness/boards/board.py) over a real pty against a scripted test peer.
 
 The peer below is a TEST PEER: a small Python stand-in for the device side of the protocol, written with
-harness/protocol.py, that can drop, corrupt and duplicate frames on cue. It is not the device core: that
+harness/link/protocol.py, that can drop, corrupt and duplicate frames on cue. It is not the device core: that
 is C (firmware/core) and is tested against the same protocol through the virtual board tests.
 """
 
@@ -15,11 +15,11 @@ import time
 
 import pytest
 
-from harness import protocol
-from harness.board import Board, StreamStats
+from harness.link import protocol
+from harness.boards.board import Board, StreamStats
 from harness.errors import BoardError, BoardTimeout, ProtocolError
-from harness.protocol import DeviceError, DeviceErrorCode, FrameDecoder, Hello, Inference, ModelInfo, MsgType
-from harness.transport import open_link
+from harness.link.protocol import DeviceError, DeviceErrorCode, FrameDecoder, Hello, Inference, ModelInfo, MsgType
+from harness.link.transport import open_link
 
 INPUT_BYTES = 24
 OUTPUT_BYTES = 5
@@ -447,7 +447,7 @@ def test_reset(rig):
 
 
 def test_every_request_type_has_its_replies_known_for_telling_late_answers_from_strays():
-    from harness.board import _REPLIES
+    from harness.boards.board import _REPLIES
 
     requests = {t for t in MsgType if t < 0x80}
     assert set(_REPLIES) == requests  # a new request type must say what answers it (docs/protocol.md §11.2)

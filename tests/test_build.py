@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import (IDF_MISSING, LOG_FILE, build_command, ensure_build, firmware_hash, firmware_sources,
+from harness.boards.build import (IDF_MISSING, LOG_FILE, build_command, ensure_build, firmware_hash, firmware_sources,
                            idf_version, last_error_line, load_build_dir)
 from harness.errors import BuildError
 

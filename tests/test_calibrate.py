@@ -1,4 +1,4 @@
-"""`--calibrate` (harness/calibrate.py): refitting a profile's cost constants from per-op device cycles.
+"""`--calibrate` (harness/bench/calibrate.py): refitting a profile's cost constants from per-op device cycles.
 
 No board is attached here, so the device cycles are synthetic: per-op tables made from known constants
 (with noise), in the exact shape bench.py writes from OP_TIMES. The fit must recover the constants, write
@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import calibrate
+from harness.bench import calibrate
 from harness.errors import ConfigError
-from harness.model import load_registry
-from harness.perop import op_shapes
-from harness.costmodel import _op_work
-from harness.profiles import PROFILES_DIR, load_profile
-from harness.results import Result
+from harness.bench.model import load_registry
+from harness.bench.perop import op_shapes
+from harness.bench.costmodel import _op_work
+from harness.boards.profiles import PROFILES_DIR, load_profile
+from harness.bench.results import Result
 
 REPO = Path(__file__).resolve().parent.parent
 TRUE = {"CONV_2D": 1.7, "DEPTHWISE_CONV_2D": 2.6, "FULLY_CONNECTED": 1.3, "op": 1800.0, "elem": 3.0, "invoke": 5200}

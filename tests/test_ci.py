@@ -149,11 +149,11 @@ def test_ci_summary_appends_the_run_summary(tmp_path):
 
 
 def test_board_idle_resets_and_releases_a_board(tmp_path):
-    from harness.transport import open_link
-    from harness.virtual import VirtualBoard
+    from harness.link.transport import open_link
+    from harness.boards.virtual import VirtualBoard
 
     with VirtualBoard("virtual", store_dir=tmp_path) as vb:
-        run = [sys.executable, "-m", "harness.idle", "--device", vb.port, "--target", "virtual"]
+        run = [sys.executable, "-m", "harness.boards.idle", "--device", vb.port, "--target", "virtual"]
         proc = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and f"{vb.port}: idle (virtual" in proc.stdout, proc.stdout + proc.stderr
         open_link(vb.port, 921600).close()  # released

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.model import firmware_ops, load_registry, open_interpreter
+from harness.bench.model import firmware_ops, load_registry, open_interpreter
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "models" / "conformance"

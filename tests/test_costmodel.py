@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.costmodel import count_macs, estimate
-from harness.profiles import CostConstants, load_profile
+from harness.bench.costmodel import count_macs, estimate
+from harness.boards.profiles import CostConstants, load_profile
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

@@ -1,4 +1,4 @@
-"""harness.data: AAMI map and DS1/DS2 pinned, bundled records read right, windows, quantization, bad inputs."""
+"""harness.bench.data: AAMI map and DS1/DS2 pinned, bundled records read right, windows, quantization, bad inputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from harness import data
+from harness.bench import data
 from harness.errors import DataError
 
 SPEC = data.WindowSpec(before=374, after=374, channel=0, decimate=4, normalize="beat_zscore")
@@ -279,7 +279,7 @@ def test_unknown_mask_is_hil127(rec213):
 
 
 def test_registry_window_reads_the_mask():
-    from harness import model
+    from harness.bench import model
     from harness.errors import ModelError
 
     raw = {"before": 648, "after": 648, "normalize": "record_zscore", "mask": "half_rr"}

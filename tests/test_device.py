@@ -1,4 +1,4 @@
-"""harness/device.prepare_board end to end, with stand-ins for the two things this machine lacks.
+"""harness/boards/device.prepare_board end to end, with stand-ins for the two things this machine lacks.
 
 - ESP-IDF: tests/fixtures/fake_idf.py plays idf.py (put on PATH as `idf.py`, as export.sh does). It writes
   an ESP-IDF build directory with small placeholder images, not firmware.
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from esp32_mock_bootloader.advanced import process as mock_process
-from harness import device
-from harness.flash import read_back
-from harness.profiles import load_profile
+from harness.boards import device
+from harness.boards.flash import read_back
+from harness.boards.profiles import load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_IDF = REPO / "tests" / "fixtures" / "fake_idf.py"

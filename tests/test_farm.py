@@ -1,4 +1,4 @@
-"""Many boards in one run (harness/farm.py through the plugin): sharded figures equal a single-board run,
+"""Many boards in one run (harness/boards/farm.py through the plugin): sharded figures equal a single-board run,
 models spread over boards, quarantine of a board that stops, and the bad-input lines."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.farm import split
-from harness.virtual import VirtualBoard
+from harness.boards.farm import split
+from harness.boards.virtual import VirtualBoard
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -122,7 +122,7 @@ def test_auto_finds_every_board_of_the_chip():
     """`--device auto` with several boards: every port whose boot ROM answers as the profile's chip."""
     from esp32_mock_bootloader.advanced import process as mock_process
 
-    from harness.flash import autodetect_ports
+    from harness.boards.flash import autodetect_ports
 
     started = [mock_process.start_pty(timeout=60, chip=chip) for chip in ("esp32s3", "esp32c3", "esp32s3")]
     try:

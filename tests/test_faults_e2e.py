@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.virtual import VirtualBoard
+from harness.boards.virtual import VirtualBoard
 
 REPO = Path(__file__).resolve().parent.parent
 

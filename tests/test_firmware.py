@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.profiles import available, load_profile
+from harness.boards.profiles import available, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 FW = ROOT / "firmware"
@@ -113,7 +113,7 @@ def test_kit_check_fails_on_a_stale_resolver_count(kit_run, tmp_path):
 
 def test_reference_kernels_build_compiles_clean_against_the_esp_idf_kit(kit_run, tmp_path):
     # --kernels both flashes a second build with sdkconfig.defaults.kernels-reference after the defaults
-    # (harness/build.py). The kit applies only sdkconfig.defaults[.<target>], so it checks a copy of the
+    # (harness/boards/build.py). The kit applies only sdkconfig.defaults[.<target>], so it checks a copy of the
     # firmware whose sdkconfig.defaults ends with the overlay: one target and version are enough, the
     # overlay changes only ESP-NN's kernel choice (and kernel_mode in HELLO).
     copy = tmp_path / "firmware"

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from esp32_mock_bootloader.advanced import process as mock_process
-from harness.build import Build, load_build_dir
+from harness.boards.build import Build, load_build_dir
 from harness.errors import FlashError
-from harness.flash import NoBoardFound, autodetect_port, detect, flash, needs_flash, read_back
+from harness.boards.flash import NoBoardFound, autodetect_port, detect, flash, needs_flash, read_back
 
 TEST_IMAGES = {"0x1000": "bootloader.bin", "0x8000": "partition-table.bin", "0x10000": "app.bin"}
 ERASED = 0xFF
@@ -169,7 +169,7 @@ def test_opening_the_link_leaves_the_boot_rom_session_alone(mock_board):
     # without them (the pre-open line states are skipped), must not disturb the ROM (esptool still syncs
     # after us), and an explicit reset says that it could not happen rather than pretending.
     from harness.errors import LinkError
-    from harness.transport import open_link
+    from harness.link.transport import open_link
 
     port = mock_board("esp32c3")
     assert detect(port) == "esp32c3"

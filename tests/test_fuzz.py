@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import protocol
+from harness.link import protocol
 from harness.errors import ProtocolError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from harness import beatset, gate, metrics
+from harness.bench import beatset, metrics
+from harness.gate import baseline as gate
 from harness.errors import BaselineError, BoardTimeout, MismatchError
-from harness.results import Result
+from harness.bench.results import Result
 
 SHA = "ab" * 32
 LABELS = ["N", "S", "V", "F", "Q"]
@@ -397,7 +398,7 @@ def test_baseline_that_is_not_json(tmp_path):
 
 
 def test_the_committed_baseline_loads_and_covers_every_shipped_model():
-    from harness.model import load_registry
+    from harness.bench.model import load_registry
 
     loaded = gate.load_baseline(gate.Path(__file__).resolve().parent.parent / "baselines" / "virtual.json")
     for model in load_registry():

@@ -1,4 +1,4 @@
-"""Kernels side by side (harness/kernels.py, --kernels both): the paired speedup statistics, and the whole
+"""Kernels side by side (harness/bench/kernels.py, --kernels both): the paired speedup statistics, and the whole
 flow end to end on the virtual board, whose two "builds" both compute with TFLM reference kernels and
 differ only in the cost constants of their estimates (so its speedup is labelled a cost-model ratio)."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.kernels import compare, paired_speedup
-from harness.results import Result
+from harness.bench.kernels import compare, paired_speedup
+from harness.bench.results import Result
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 virtual board's pty through ser2net, and the bench run through `--device labgrid:PLACE`.
 
 labgrid runs from its own virtualenv (`make labgrid` → .venv-labgrid; it replaces pyserial's package, see
-harness/places.py); the harness and this test never import it.
+harness/boards/places.py); the harness and this test never import it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import child
-from harness.virtual import VirtualBoard
+from harness.link import child
+from harness.boards.virtual import VirtualBoard
 
 REPO = Path(__file__).resolve().parent.parent
 LG_BIN = Path(os.environ.get("HIL_LABGRID_PYTHON") or REPO / ".venv-labgrid" / "bin" / "python").parent

@@ -1,6 +1,6 @@
 """Layering: modules import only layers below them (docs/architecture.md).
 
-The TFLM probe used to live in harness/virtual and import harness.model, while harness.model ran it: the
+The TFLM probe used to live in harness/boards/virtual and import harness.bench.model, while harness.bench.model ran it: the
 model layer depended on the virtual board's, which depended on the model layer.
 """
 
@@ -21,19 +21,19 @@ def _imported_by(module: str) -> set[str]:
 
 
 def test_the_tflm_probe_and_the_file_layer_sit_below_model_and_virtual_board():
-    for module in ("harness.flatbuf", "harness.tflm_probe"):
+    for module in ("harness.bench.flatbuf", "harness.bench.tflm_probe"):
         loaded = _imported_by(module)
-        assert not {m for m in loaded if m == "harness.model" or m.startswith("harness.virtual")}, (module, loaded)
+        assert not {m for m in loaded if m == "harness.bench.model" or m.startswith("harness.boards.virtual")}, (module, loaded)
 
 
 def test_model_layer_does_not_reach_into_the_virtual_board():
-    assert not {m for m in _imported_by("harness.model") if m.startswith("harness.virtual")}
-    assert "harness.virtual" not in (REPO / "harness" / "model.py").read_text()
+    assert not {m for m in _imported_by("harness.bench.model") if m.startswith("harness.boards.virtual")}
+    assert "harness.boards.virtual" not in (REPO / "harness" / "bench" / "model.py").read_text()
 
 
 def test_probe_runs_by_its_module_name(tmp_path):
     model = REPO / "tests" / "fixtures" / "conv_int8.tflite"
-    proc = subprocess.run([sys.executable, "-m", "harness.tflm_probe", "--arena", "131072", str(model)],
+    proc = subprocess.run([sys.executable, "-m", "harness.bench.tflm_probe", "--arena", "131072", str(model)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert '"step": "done", "ok": true' in proc.stdout.splitlines()[-1]

@@ -13,14 +13,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from harness import bench, protocol
-from harness.board import Board
+from harness.bench import run as bench
+from harness.link import protocol
+from harness.boards.board import Board
 from harness.errors import BoardError
-from harness.localize import _HostRun, geometry_hints, localise, run_kept
-from harness.model import _interpreter_module, open_interpreter
-from harness.protocol import DUMP_INPUT_OP, DumpAssembler, DumpChunk, MsgType, encode_frame
-from harness.transport import open_link
-from harness.virtual import VirtualBoard
+from harness.bench.localize import _HostRun, geometry_hints, localise, run_kept
+from harness.bench.model import _interpreter_module, open_interpreter
+from harness.link.protocol import DUMP_INPUT_OP, DumpAssembler, DumpChunk, MsgType, encode_frame
+from harness.link.transport import open_link
+from harness.boards.virtual import VirtualBoard
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -163,7 +164,7 @@ def _cut_after(model_data: bytes, op: int, tensor: int) -> bytes:
     """The model with only ops 0..op, and `tensor` as its one output: a tensor any interpreter must keep."""
     import flatbuffers
 
-    from harness.model import _schema
+    from harness.bench.model import _schema
 
     schema = _schema()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_data, 0))
@@ -207,10 +208,10 @@ def test_every_host_tensor_is_the_one_the_op_computed(name, data, reference):
 
 @pytest.mark.parametrize("name,data", SHIPPED, ids=[n for n, _ in SHIPPED])
 def test_a_fault_in_op_k_is_localised_to_k(name, data):
-    """The virtual board's `corrupt-layer:K` computation (harness/virtual/layers.py), dumped as DUMP sends
+    """The virtual board's `corrupt-layer:K` computation (harness/boards/virtual/layers.py), dumped as DUMP sends
     it, for every op K of every shipped model: the localiser must name op K and nothing earlier, comparing
     with tflite-ref and with tflm."""
-    from harness.virtual.layers import LayerRunner
+    from harness.boards.virtual.layers import LayerRunner
 
     detail = open_interpreter(data).get_input_details()[0]
     x = np.random.default_rng(3).integers(-128, 128, size=detail["shape"], dtype=np.int8)
@@ -314,7 +315,7 @@ def test_tcn_beat_fault_is_localised_where_it_was_made(tmp_path, fault, referenc
 def test_dump_chunk_claiming_more_than_the_arena_is_refused():
     """One bad DUMP_TENSOR header (valid CRC, buggy firmware) must not make the host allocate gigabytes."""
     from harness.errors import ProtocolError
-    from harness.protocol import DumpAssembler, DumpChunk
+    from harness.link.protocol import DumpAssembler, DumpChunk
 
     assembler = DumpAssembler(max_total=1024)
     chunk = DumpChunk(index=0, count=1, tensor_index=0, op_index=0xFFFF, type=9, total=0xFFFFFFFF, offset=0,

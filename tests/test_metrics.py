@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from harness import metrics
+from harness.bench import metrics
 
 
 def test_classification_hand_computed_case():
@@ -109,7 +109,7 @@ def test_anomaly_error_equal_to_threshold_is_normal_and_zero_division_is_none():
 
 
 def test_clock_agreement_flags_beats_whose_cycles_and_wall_time_disagree():
-    from harness.metrics import clock_agreement
+    from harness.bench.metrics import clock_agreement
 
     mhz = 240
     cycles = [240_000] * 10                 # 1000 µs each by the cycle counter

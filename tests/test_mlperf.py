@@ -1,5 +1,5 @@
-"""MLPerf Tiny's benchmark API: the driver (harness/mlperf.py), the virtual MLPerf Tiny device
-(harness/virtual/mlperf_device.py), the performance rule (harness/perfrule.py) and the plugin's
+"""MLPerf Tiny's benchmark API: the driver (harness/boards/mlperf.py), the virtual MLPerf Tiny device
+(harness/boards/virtual/mlperf_device.py), the performance rule (harness/bench/perfrule.py) and the plugin's
 `--protocol mlperf-tiny`.
 
 The accuracy test runs the same beats through both protocols and the same bench path: the AAMI figures must
@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import bench, data, perfrule
-from harness.board import Board
+from harness.bench import run as bench, data, perfrule
+from harness.boards.board import Board
 from harness.errors import BoardError, ProtocolError
-from harness.mlperf import MlperfBoard, MlperfInference, Printed, model_id_of
-from harness.model import load_registry
-from harness.profiles import load_profile
-from harness.reference import make_reference
-from harness.transport import open_link
-from harness.virtual import VirtualBoard
-from harness.virtual.mlperf_device import _atoi
+from harness.boards.mlperf import MlperfBoard, MlperfInference, Printed, model_id_of
+from harness.bench.model import load_registry
+from harness.boards.profiles import load_profile
+from harness.bench.reference import make_reference
+from harness.link.transport import open_link
+from harness.boards.virtual import VirtualBoard
+from harness.boards.virtual.mlperf_device import _atoi
 
 from test_bad_input import assert_one_line_failure, run_bench
 
@@ -89,7 +89,7 @@ def test_non_numbers_are_not_results():
 
 def test_a_profile_can_say_its_board_speaks_mlperf_tiny(tmp_path):
     from harness.errors import ProfileError
-    from harness.profiles import PROFILES_DIR
+    from harness.boards.profiles import PROFILES_DIR
 
     base = (PROFILES_DIR / "virtual.yaml").read_text()
     assert PROFILE.protocol == "hil"
@@ -206,7 +206,7 @@ def test_protocol_once_or_once_per_device(tmp_path):
 
 
 def test_virtual_device_needs_its_model():
-    proc = subprocess.run([sys.executable, "-m", "harness.virtual", "--api", "mlperf-tiny"],
+    proc = subprocess.run([sys.executable, "-m", "harness.boards.virtual", "--api", "mlperf-tiny"],
                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 2 and "HIL104" in proc.stderr and "--model" in proc.stderr
 
@@ -230,14 +230,14 @@ def test_plugin_runs_accuracy_then_performance_mode_with_a_short_window(tmp_path
     arena = [g for g in result["gate"] if g["metric"] == "arena_used_bytes"]
     assert arena and arena[0]["outcome"] == "not_compared" and "MLPerf" in arena[0]["reason"]
     # The real-time margin counts MLPerf's text commands on the link, not our INFER frame.
-    from harness import realtime
+    from harness.bench import realtime
 
     assert result["realtime"]["link"]["wire_bytes"] == realtime.mlperf_wire_bytes(187)
 
 
 def test_table_marks_a_device_timer_latency():
-    from harness import report
-    from harness.results import Result
+    from harness.report import outputs as report
+    from harness.bench.results import Result
 
     result = Result(model="m", device="d", profile="virtual",
                     latency={"source": "device_timer", "us": {"median": 4142.0, "p99": 4143.0}})

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import data
+from harness.bench import data
 from harness.errors import ModelError
-from harness.model import (RESOLVER_OPS_PATH, check_model, firmware_ops, load_registry, load_user_model,
+from harness.bench.model import (RESOLVER_OPS_PATH, check_model, firmware_ops, load_registry, load_user_model,
                            resolver_op_count, resolver_ops)
-from harness.profiles import load_profile
+from harness.boards.profiles import load_profile
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WINDOW = {"before": 374, "after": 374, "channel": 0, "decimate": 4, "normalize": "beat_zscore"}
@@ -209,7 +209,7 @@ def short_constant_buffer_model(path: Path) -> Path:
     """conv_int8 with its first multi-byte constant buffer 4 bytes short of what the tensor's shape needs."""
     import flatbuffers
 
-    from harness.flatbuf import schema
+    from harness.bench.flatbuf import schema
 
     fb = schema()
     data = (FIXTURES / "conv_int8.tflite").read_bytes()

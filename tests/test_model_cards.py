@@ -1,7 +1,7 @@
 """Model cards (models/*/CARD.md) and the models README table cannot drift from what they describe.
 
 Every file size and sha256 a card quotes is the committed file's; the input line's shape, scale and zero
-point are metrics.json's; a MAC count credited to harness.costmodel is what count_macs says of the file;
+point are metrics.json's; a MAC count credited to harness.bench.costmodel is what count_macs says of the file;
 every 3- or 4-decimal figure is a value of the family's metrics.json (to the quoted precision) unless the
 card's family lists it below as coming from elsewhere, with why; device-profile figures quoted in a card
 are the profile's; the README table's sizes, accuracies and macro-F1 are the files' and metrics.json's.
@@ -99,11 +99,11 @@ def test_card_input_line_is_metrics_json(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_card_macs_credited_to_the_cost_model_are_the_cost_model_s(family):
-    from harness.costmodel import count_macs
+    from harness.bench.costmodel import count_macs
 
     line = next((ln for ln in _card(family).splitlines() if ln.startswith("| MACs per beat")), None)
     if line is None or "costmodel" not in line:
-        pytest.fail(f"{family}/CARD.md: the MACs line must say where the count comes from (harness.costmodel)")
+        pytest.fail(f"{family}/CARD.md: the MACs line must say where the count comes from (harness.bench.costmodel)")
     counts = {count_macs(p.read_bytes()) for p in (MODELS / family).glob("*int8.tflite")}
     for number in re.findall(r"\d[\d,]{3,}", line):
         assert _int(number) in counts, f"{family}/CARD.md: {number} MACs is not count_macs of an INT8 file ({counts})"

@@ -1,4 +1,4 @@
-"""harness.noise: NSTDB noise at the requested SNR (nst's definition), repeatable, and bad options in one line."""
+"""harness.bench.noise: NSTDB noise at the requested SNR (nst's definition), repeatable, and bad options in one line."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from harness import bench, data, noise
+from harness.bench import run as bench, data, noise
 from harness.errors import DataError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -262,8 +262,8 @@ def test_sweep_threshold_interpolates_between_grid_points():
 
 
 def test_sweep_lines_are_compact():
-    from harness import report
-    from harness.results import Result
+    from harness.report import outputs as report
+    from harness.bench.results import Result
 
     def swept(model, task, metric, values):
         r = Result(model=model, device="/dev/ttyUSB0", profile="esp32s3", task=task)
@@ -302,7 +302,7 @@ def test_noise_run_on_the_virtual_board(tmp_path):
 
 
 def test_noise_changes_the_beat_set_fingerprint(tmp_path):
-    from harness.model import load_registry
+    from harness.bench.model import load_registry
 
     model = load_registry(names=["cnn1d_beat"])[0]
 

@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import protocol
-from harness.board import Board
-from harness.costmodel import estimate
+from harness.link import protocol
+from harness.boards.board import Board
+from harness.bench.costmodel import estimate
 from harness.errors import BoardError
-from harness.model import load_registry
-from harness.perop import op_shapes
-from harness.profiles import load_profile
-from harness.protocol import FrameDecoder, MsgType, encode_frame
-from harness.transport import open_link
-from harness.virtual import VirtualBoard
-from harness.virtual import core as hil
+from harness.bench.model import load_registry
+from harness.bench.perop import op_shapes
+from harness.boards.profiles import load_profile
+from harness.link.protocol import FrameDecoder, MsgType, encode_frame
+from harness.link.transport import open_link
+from harness.boards.virtual import VirtualBoard
+from harness.boards.virtual import core as hil
 
 REPO = Path(__file__).resolve().parent.parent
 

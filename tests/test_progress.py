@@ -3,7 +3,7 @@ the model upload and the first record's host references counted as streaming).""
 
 from __future__ import annotations
 
-from harness.bench import LiveRate
+from harness.bench.run import LiveRate
 
 
 def test_no_line_for_the_first_beat_and_the_rate_counts_from_it():

@@ -1,4 +1,4 @@
-"""Frame codec and payloads (harness/protocol.py) against the golden vectors and as properties."""
+"""Frame codec and payloads (harness/link/protocol.py) against the golden vectors and as properties."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from cobs import cobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import protocol
+from harness.link import protocol
 from harness.errors import ProtocolError
-from harness.protocol import (
+from harness.link.protocol import (
     DeviceError,
     DeviceErrorCode,
     Frame,

@@ -1,12 +1,14 @@
-"""harness.realtime: duty cycle at 60 and 350 bpm, highest sustained rate, the 350 bpm flag, labelled sources."""
+"""harness.bench.realtime: duty cycle at 60 and 350 bpm, highest sustained rate, the 350 bpm flag, labelled sources."""
 
 from __future__ import annotations
 
 import pytest
 
-from harness import protocol, realtime, report
-from harness.profiles import load_profile
-from harness.results import Result
+from harness.link import protocol
+from harness.bench import realtime
+from harness.report import outputs as report
+from harness.boards.profiles import load_profile
+from harness.bench.results import Result
 
 
 def _latency(p99_us: float, source: str = "device_cycles") -> dict:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import data
-from harness.model import open_interpreter
+from harness.bench import data
+from harness.bench.model import open_interpreter
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted(REPO.glob("models/*/train.py"))
@@ -138,7 +138,7 @@ def test_intra_patient_rejects_a_test_fraction_outside_0_1():
 
 
 def test_classification_metrics_come_from_harness_metrics():
-    from harness import metrics
+    from harness.bench import metrics
     from models import training
 
     y = np.array([0, 0, 1, 2, 3, 4, 1])

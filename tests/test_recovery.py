@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.board import Board, StreamStats
+from harness.boards.board import Board, StreamStats
 from harness.errors import BoardTimeout
-from harness.profiles import load_profile
-from harness.reference import make_reference
-from harness.relay import Relay
-from harness.virtual import VirtualBoard
+from harness.boards.profiles import load_profile
+from harness.bench.reference import make_reference
+from harness.link.relay import Relay
+from harness.boards.virtual import VirtualBoard
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROFILE = load_profile("virtual")

@@ -1,4 +1,4 @@
-"""The reference cache (harness/refcache.py): same bytes as the interpreter, computed once, keyed on all that
+"""The reference cache (harness/bench/refcache.py): same bytes as the interpreter, computed once, keyed on all that
 matters, safe with concurrent writers; and the bench run through the plugin uses it."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from harness.errors import ConfigError
-from harness.refcache import CachedReference, check_dir
-from harness.reference import make_reference
+from harness.bench.refcache import CachedReference, check_dir
+from harness.bench.reference import make_reference
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"

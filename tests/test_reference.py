@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from harness.errors import ConfigError, ModelError
-from harness.reference import REFERENCES, TFLiteReference, TFLMReference, make_reference
+from harness.bench.reference import REFERENCES, TFLiteReference, TFLMReference, make_reference
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

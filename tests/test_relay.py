@@ -1,4 +1,4 @@
-"""The link relay (harness/relay.py): byte-exact forwarding, and each fault doing what it says and counting it.
+"""The link relay (harness/link/relay.py): byte-exact forwarding, and each fault doing what it says and counting it.
 
 The fault stages are tested on the Injector directly (no I/O, many pieces, deterministic seeds); the relay
 process is tested end to end between two ptys.
@@ -14,10 +14,10 @@ import tty
 
 import pytest
 
-from harness import bootlog
+from harness.link import bootlog
 from harness.errors import ConfigError
-from harness.protocol import FrameDecoder, MsgType, encode_frame
-from harness.relay import Injector, LinkFault, Relay
+from harness.link.protocol import FrameDecoder, MsgType, encode_frame
+from harness.link.relay import Injector, LinkFault, Relay
 
 
 def frames(n: int, size: int = 180, seed: int = 0) -> list[bytes]:

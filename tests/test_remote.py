@@ -1,5 +1,5 @@
 """Remote boards: the bench and esptool flashing through `rfc2217://` (pyserial's RFC 2217 server side,
-harness/rfc2217_server.py, in front of a virtual board or a boot-ROM emulator) and through `socket://`."""
+harness/link/rfc2217_server.py, in front of a virtual board or a boot-ROM emulator) and through `socket://`."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from esp32_mock_bootloader.advanced import process as mock_process
-from harness.board import Board
-from harness.build import load_build_dir
+from harness.boards.board import Board
+from harness.boards.build import load_build_dir
 from harness.errors import LinkError
-from harness.flash import flash, read_back
-from harness.rfc2217_server import RFC2217Server
-from harness.transport import open_link
-from harness.virtual import VirtualBoard
+from harness.boards.flash import flash, read_back
+from harness.link.rfc2217_server import RFC2217Server
+from harness.link.transport import open_link
+from harness.boards.virtual import VirtualBoard
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,7 +104,7 @@ def test_rfc2217_urls_use_the_harness_client():
     # change (50 ms polls), which made this file's 9 KB flash take ~20 s instead of ~2 s on 127.0.0.1.
     import serial
 
-    from harness.urlhandler.protocol_rfc2217 import Serial as HarnessRFC2217
+    from harness.link.urlhandler.protocol_rfc2217 import Serial as HarnessRFC2217
 
     port = serial.serial_for_url("rfc2217://127.0.0.1:1", do_not_open=True)
     assert type(port) is HarnessRFC2217

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from junitparser import Error, Failure, JUnitXml, Properties, TestCase, TestSuite
 
-from harness import metrics, report
+from harness.bench import metrics
+from harness.report import outputs as report
 from harness.errors import BoardTimeout, MismatchError, ReportError
-from harness.results import Result
+from harness.bench.results import Result
 
 
 def make_result(model="cnn1d_beat", device="virtual", profile="virtual", *, source="device_cycles",
@@ -286,7 +287,7 @@ def test_table_marks_sources_and_fits_120_columns():
 
 
 def test_autoencoder_row_says_its_figures_are_anomaly_detection():
-    from harness import metrics as m
+    from harness.bench import metrics as m
 
     ae = make_result(model="ae_beat", task="autoencoder",
                      accuracy={"anomaly": m.anomaly([0.01, 0.03, 0.05, 0.002], [True, True, False, True], 0.02),

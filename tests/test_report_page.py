@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import history, htmlreport, manifest, metrics, report
-from harness.data import BUNDLED_DIR
-from harness.results import Result
+from harness.report import history, html as htmlreport, manifest, outputs as report
+from harness.bench import metrics
+from harness.bench.data import BUNDLED_DIR
+from harness.bench.results import Result
 from test_report import make_result
 
 REPO = Path(__file__).resolve().parent.parent
@@ -285,12 +286,12 @@ def test_a_run_leaves_a_page_chromium_renders_cleanly(tmp_path, request):
     # make report: a corrupt history costs one warning and the page is still written ...
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"garbage" * 500)
-    cli = subprocess.run([sys.executable, "-m", "harness.htmlreport", str(out), "--history", str(bad)], cwd=REPO,
+    cli = subprocess.run([sys.executable, "-m", "harness.report.html", str(out), "--history", str(bad)], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0 and cli.stderr.count("HIL620") == 1, cli.stderr
     assert "alt='trends" not in (out / "report.html").read_text()
     # ... and with the run's own history it draws the trends.
-    cli = subprocess.run([sys.executable, "-m", "harness.htmlreport", str(out)], cwd=REPO, capture_output=True,
+    cli = subprocess.run([sys.executable, "-m", "harness.report.html", str(out)], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     page = (out / "report.html").read_text()

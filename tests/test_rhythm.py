@@ -1,4 +1,4 @@
-"""Rhythm features of a window (harness.data.WindowSpec rhythm: rr): RR intervals appended to the
+"""Rhythm features of a window (harness.bench.data.WindowSpec rhythm: rr): RR intervals appended to the
 morphology samples, causal except the stated one beat of latency (post-RR)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness import data, model
+from harness.bench import data, model
 from harness.errors import DataError
 
 

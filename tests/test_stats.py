@@ -7,8 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import beatset, gate, stats
-from harness.results import Result
+from harness.bench import beatset
+from harness.gate import baseline as gate, stats
+from harness.bench.results import Result
 
 LABELS = ["N", "S", "V", "F", "Q"]
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,4 @@
-"""The INFER stream state machine (harness/stream.py), one transition at a time.
+"""The INFER stream state machine (harness/link/stream.py), one transition at a time.
 
 A real Board on a link that only records what is written (nothing is ever read), so every event is fed by
 hand with explicit clock values relative to the stream's start: no threads, no sleeping.
@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from harness.board import Board
+from harness.boards.board import Board
 from harness.errors import BoardError, BoardTimeout, ProtocolError
-from harness.protocol import (
+from harness.link.protocol import (
     DeviceError,
     DeviceErrorCode,
     Frame,
@@ -23,7 +23,7 @@ from harness.protocol import (
     NAK_SEQ,
     nak,
 )
-from harness.stream import STRAY_LIMIT, Action, InferStream, RECOVER_ASK, RECOVER_RESTARTED, StreamStats
+from harness.link.stream import STRAY_LIMIT, Action, InferStream, RECOVER_ASK, RECOVER_RESTARTED, StreamStats
 
 OUT = 3
 

@@ -1,4 +1,4 @@
-"""Opening links (harness/transport.py): real ptys and a local TCP server; errors are one typed line."""
+"""Opening links (harness/link/transport.py): real ptys and a local TCP server; errors are one typed line."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import time
 import pytest
 import serial
 
-from harness import transport
+from harness.link import transport
 from harness.errors import BoardBusyError, LinkError
-from harness.transport import open_link
+from harness.link.transport import open_link
 
 
 @pytest.fixture

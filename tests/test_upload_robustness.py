@@ -2,7 +2,7 @@
 wrong sha256, abandoned half-way, or a well-formed flatbuffer that points outside its own tables.
 
 The device must refuse each with the ERROR code docs/protocol.md gives, keep answering, and take a good
-upload right after. Frames are built here by hand (harness.protocol codec, no harness.board), so the
+upload right after. Frames are built here by hand (harness.link.protocol codec, no harness.boards.board), so the
 device's state machine is what is tested, not the host's care.
 """
 
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import tflite_runtime.interpreter as tfl
 
-from harness import protocol
-from harness.protocol import DeviceError, DeviceErrorCode, FrameDecoder, Hello, ModelState, MsgType, encode_frame
-from harness.profiles import load_profile
-from harness.transport import open_link
-from harness.virtual import VirtualBoard
+from harness.link import protocol
+from harness.link.protocol import DeviceError, DeviceErrorCode, FrameDecoder, Hello, ModelState, MsgType, encode_frame
+from harness.boards.profiles import load_profile
+from harness.link.transport import open_link
+from harness.boards.virtual import VirtualBoard
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROFILE = load_profile("virtual")

@@ -20,11 +20,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import data
+from harness.bench import data
 from harness.errors import ConfigError, ModelError
-from harness.model import check_model, load_user_model, sidecar_path
+from harness.bench.model import check_model, load_user_model, sidecar_path
 from harness.plugin import _load_models, _parse_window
-from harness.profiles import load_profile
+from harness.boards.profiles import load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -123,7 +123,7 @@ def test_no_message_names_a_model_flag_that_does_not_exist():
     pytest_options = set(re.findall(r'addoption\("(--model[a-z-]*)"', sources[REPO / "harness" / "plugin.py"]))
     assert {"--model", "--models", "--model-task", "--model-window", "--model-labels",
             "--model-threshold"} <= pytest_options
-    # Options of the harness's own programs (python -m harness.virtual ...) count as defined too.
+    # Options of the harness's own programs (python -m harness.boards.virtual ...) count as defined too.
     defined = pytest_options | {flag for text in sources.values()
                                 for flag in re.findall(r'add_argument\("(--model[a-z-]*)"', text)}
     for path, text in sources.items():

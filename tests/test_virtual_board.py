@@ -1,5 +1,5 @@
 """The virtual board end to end: a child process running the C device core with TFLM reference kernels on a
-pty (or TCP), driven through pyserial and harness.board exactly as a real board is.
+pty (or TCP), driven through pyserial and harness.boards.board exactly as a real board is.
 
 Every output is checked bit for bit against tflite-runtime's BUILTIN_REF interpreter run here in the test,
 and every cycle count against the static cost model, so a broken core, hook or kernel shows up as a
@@ -17,12 +17,12 @@ import pytest
 import tflite_runtime.interpreter as tfl
 import yaml
 
-from harness import protocol
-from harness.board import Board
-from harness.costmodel import estimate
+from harness.link import protocol
+from harness.boards.board import Board
+from harness.bench.costmodel import estimate
 from harness.errors import BoardError, BoardTimeout
-from harness.profiles import PROFILES_DIR, load_profile
-from harness.virtual import VirtualBoard, VirtualBoardError
+from harness.boards.profiles import PROFILES_DIR, load_profile
+from harness.boards.virtual import VirtualBoard, VirtualBoardError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROFILE = load_profile("virtual")
@@ -159,7 +159,7 @@ def test_tiny_arena_reports_both_sizes(tmp_path):
 
 
 def test_arena_hint_for_a_real_board_names_the_kconfig_option():
-    from harness.board import _arena_hint
+    from harness.boards.board import _arena_hint
 
     msg = ("model needs 140304 bytes of tensor arena, this firmware reserves 131072: raise CONFIG_HIL_ARENA_SIZE "
            "to 140304 and the profile's arena_bytes")
@@ -227,8 +227,8 @@ def test_start_failure_is_one_typed_line(tmp_path):
 
 def test_core_library_build_and_binding(tmp_path, monkeypatch):
     from harness.errors import BuildError
-    from harness.virtual import core as hil
-    from harness.virtual.platform import Platform
+    from harness.boards.virtual import core as hil
+    from harness.boards.virtual.platform import Platform
 
     lib_path = tmp_path / "libhilcore.so"
     monkeypatch.setattr(hil, "library_path", lambda: lib_path)

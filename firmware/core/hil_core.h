@@ -1,7 +1,7 @@
 /*
  * Portable device core of the HIL bench: frame codec, command dispatch and model store state machine
  * (docs/protocol.md). C99, no allocation, no platform headers. The ESP-IDF app (firmware/main) and the
- * virtual board (harness/virtual, through ctypes) link this same code and differ only in the hooks of
+ * virtual board (harness/boards/virtual, through ctypes) link this same code and differ only in the hooks of
  * hil_port_t: bytes out, model store, model load/invoke, cycle counter and clock.
  */
 #ifndef HIL_CORE_H

@@ -234,7 +234,7 @@ int explain_allocation_failure(const tflite::Model *model, char *msg, uint32_t c
             trial->~MicroInterpreter();
             heap_caps_free(probe);
             if (fits) {
-                // The host parses "needs N bytes" (harness/board.py) to name the fix.
+                // The host parses "needs N bytes" (harness/boards/board.py) to name the fix.
                 say(msg, cap, "model needs %u bytes of tensor arena, this firmware reserves %u: raise "
                     "CONFIG_HIL_ARENA_SIZE to %u and the profile's arena_bytes", static_cast<unsigned>(needed),
                     static_cast<unsigned>(s_arena_size), static_cast<unsigned>(needed));

@@ -1,6 +1,6 @@
 """ae_beat's operating curve: ROC AUC, and Se at a fixed Sp with the threshold chosen on DS1 patients.
 
-The committed INT8 autoencoder is run through the harness's reference (harness.reference.TFLiteReference,
+The committed INT8 autoencoder is run through the harness's reference (harness.bench.reference.TFLiteReference,
 bit-exact with the board) on the DS1 calibration records (the recipe's patient hold-out, never trained on)
 and on DS2. The reconstruction error is the bench's: MSE of the dequantized output against the
 dequantized input. On the hold-out the threshold is set for a stated operating point (Sp = 0.90 on its N
@@ -21,16 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 import numpy as np  # noqa: E402
 
-from harness import data  # noqa: E402
-from harness.model import load_registry  # noqa: E402
-from harness.reference import TFLiteReference  # noqa: E402
+from harness.bench import data  # noqa: E402
+from harness.bench.model import load_registry  # noqa: E402
+from harness.bench.reference import TFLiteReference  # noqa: E402
 
 HOLDOUT = data.DS1[1::4]   # = models.training.HOLDOUT_RECORDS, the recipe's calibration records
 TARGET_SP = 0.90
 
 
 def errors(model, reference, mitdb, names) -> tuple[np.ndarray, np.ndarray]:
-    """(MSE per beat, is_normal per beat) over the records, as harness/bench.py computes them."""
+    """(MSE per beat, is_normal per beat) over the records, as harness/bench/run.py computes them."""
     errs, normal = [], []
     normal_labels = set(model.anomaly["normal_labels"])
     for record in data.iter_records(mitdb, names):
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     thr = float(np.quantile(hold_err[hold_normal], TARGET_SP, method="higher"))
     committed = float(model.anomaly["threshold"])
     result = {"model": model.name, "model_sha256": model.sha256,
-              "source": "harness.reference.TFLiteReference (tflite-runtime BUILTIN_REF), bench's MSE",
+              "source": "harness.bench.reference.TFLiteReference (tflite-runtime BUILTIN_REF), bench's MSE",
               "holdout_records": list(HOLDOUT), "holdout_beats": {"normal": int(hold_normal.sum()),
                                                                   "abnormal": int((~hold_normal).sum())},
               "test_records": list(data.DS2), "test_beats": {"normal": int(test_normal.sum()),

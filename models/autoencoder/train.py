@@ -11,7 +11,7 @@ DS1+DS2) → write the two .tflite files and metrics.json. Run from the repo roo
     /work/venv-train/bin/python models/autoencoder/train.py --mitdb ../shared/mitdb --out models/autoencoder
     /work/venv-train/bin/python models/autoencoder/train.py --smoke     # CI: bundled records, one epoch
 
-The reconstruction error is computed exactly as harness/bench.py computes it on the board's outputs:
+The reconstruction error is computed exactly as harness/bench/run.py computes it on the board's outputs:
 both the INT8 input and the INT8 output dequantized with their own scale and zero point, then the mean of
 the squared differences, so the INT8 figures here are the figures the bench reports.
 """
@@ -29,7 +29,7 @@ from models import training  # noqa: E402  (sets TF env vars before TensorFlow i
 
 import numpy as np  # noqa: E402
 
-from harness import data  # noqa: E402
+from harness.bench import data  # noqa: E402
 
 NAME = "ae_beat"
 # One beat: 0.27 s before the R peak (P wave, PR) to 0.44 s after (QRS, ST, most of T), block means of 4
@@ -69,7 +69,7 @@ def errors_float(model, x: np.ndarray) -> np.ndarray:
 
 
 def errors_tflite(tflite: bytes, x: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Per-beat MSE the way harness/bench.py computes it (INT8: both tensors dequantized).
+    """Per-beat MSE the way harness/bench/run.py computes it (INT8: both tensors dequantized).
 
     INT8 models run on the harness's own reference (training.reference_outputs: tflite-runtime BUILTIN_REF,
     bit-exact with the board). TensorFlow 2.21's interpreter is not used for them: its
@@ -95,7 +95,7 @@ def errors_tflite(tflite: bytes, x: np.ndarray) -> tuple[np.ndarray, dict]:
             interp.set_tensor(inp["index"], xins[i].reshape(shape))
             interp.invoke()
             xouts[i] = interp.get_tensor(out["index"]).reshape(-1)
-    # One row at a time, float32 like harness/bench.py (a 2-D mean could sum in another order).
+    # One row at a time, float32 like harness/bench/run.py (a 2-D mean could sum in another order).
     errs = np.array([float(np.mean((xouts[i] - xins[i]) ** 2)) for i in range(len(x))], dtype=np.float64)
     elapsed = time.perf_counter() - start
     return errs, {"host_seconds": round(elapsed, 2), "host_us_per_beat": round(1e6 * elapsed / max(1, len(x)), 1)}
@@ -124,7 +124,7 @@ def pick_threshold(errors: np.ndarray, normal: np.ndarray) -> float:
 
 def detection(errors: np.ndarray, normal: np.ndarray, threshold: float) -> dict:
     """Accuracy, Se, Sp, +P, F1 of "abnormal when error > threshold" (abnormal = positive), as
-    harness.metrics.anomaly reports them."""
+    harness.bench.metrics.anomaly reports them."""
     called = errors > threshold
     abn = ~normal
     tp, fn = int((abn & called).sum()), int((abn & ~called).sum())
@@ -181,7 +181,7 @@ def run(keras, tf, train_x, calib: training.BeatSet, test: training.BeatSet, arg
                  "int8_with_float_threshold": detection(test_err_int8, test_normal, thr_float),
                  "int8_called_abnormal_per_class": per_class_detection(test_err_int8, test.y, thr_int8)},
         "host_timing_tflite_builtin_ref": {"float": float_timing, "int8": int8_timing,
-                                           "source": "host wall time; INT8: harness.reference.TFLiteReference (tflite-runtime BUILTIN_REF, batched); float: tf.lite BUILTIN_REF, one beat per invoke"},
+                                           "source": "host wall time; INT8: harness.bench.reference.TFLiteReference (tflite-runtime BUILTIN_REF, batched); float: tf.lite BUILTIN_REF, one beat per invoke"},
     }
     d = result["test"]["int8"]
     print(f"[{tag}] thresholds float {thr_float:.4f} int8 {thr_int8:.4f} | INT8 test: acc {d['accuracy']} "
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     metrics = {
         "model": NAME, "smoke": bool(args.smoke), "task": "autoencoder",
         "window": training.window_dict(SPEC),
-        "normal_labels": ["N"], "error": "mse of dequantized output vs dequantized input (harness/bench.py)",
+        "normal_labels": ["N"], "error": "mse of dequantized output vs dequantized input (harness/bench/run.py)",
         "threshold_rule": "maximise Youden J (Se + Sp - 1) on the calibration beats; INT8 threshold from INT8 errors",
         "epochs": args.epochs, "intra_epochs": args.intra_epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
         "params": int(model.count_params()),

@@ -3,7 +3,7 @@ compressed with pruning, weight clustering and quantization-aware training (tens
 
 The beat image: 3.6 s of MLII around the R peak at 360 Hz (1,296 samples, z-scored with the record's mean
 and std), every sample outside the beat's half-RR neighbourhood set to 0 — all of that is the registry
-window `harness.data.WindowSpec(648, 648, normalize=record_zscore, mask=half_rr)`, so the board receives
+window `harness.bench.data.WindowSpec(648, 648, normalize=record_zscore, mask=half_rr)`, so the board receives
 1,296 int8 bytes. The model itself reshapes them to 36×36 (row = 100 ms) and concatenates the image with
 itself into 3 channels (RESHAPE + CONCATENATION ops), as the published ImageNet-style network expects.
 
@@ -45,7 +45,7 @@ from models import training  # noqa: E402  (sets TF env vars before TensorFlow i
 
 import numpy as np  # noqa: E402
 
-from harness import data  # noqa: E402
+from harness.bench import data  # noqa: E402
 
 NAME = "beatimage_mobilenet"
 SPEC = data.WindowSpec(before=648, after=648, channel=0, decimate=1, normalize="record_zscore", mask="half_rr")
@@ -213,7 +213,7 @@ print(json.dumps({'ref_us_per_beat': round(1e6 * ref_s / max(1, len(x)), 1), 're
 
 
 def run_int8(tflite: bytes, x: np.ndarray, tflm_beats: int = 500) -> tuple[np.ndarray, dict]:
-    """INT8 scores of every row of x (float windows → harness.data.quantize → int8 model → dequantized),
+    """INT8 scores of every row of x (float windows → harness.bench.data.quantize → int8 model → dequantized),
     one beat per invoke with tflite-runtime BUILTIN_REF; TFLM runs the first `tflm_beats` as a cross-check
     and for its host time per beat."""
     with tempfile.TemporaryDirectory(prefix="beatimage_eval_") as tmp:

@@ -35,7 +35,7 @@ from models import training  # noqa: E402  (sets TF env vars before TensorFlow i
 
 import numpy as np  # noqa: E402
 
-from harness import data  # noqa: E402
+from harness.bench import data  # noqa: E402
 
 NAME = "bwn_beat"
 # The same window as cnn1d_beat: 2.08 s around the R peak at 90 Hz, so RR timing is visible.
@@ -261,7 +261,7 @@ import numpy as np
 compress = importlib.import_module('tflite_micro.tensorflow.lite.micro.compression.compress')
 from tflite_micro.tensorflow.lite.micro.compression import spec
 from tflite_micro import runtime
-from harness.model import firmware_ops, open_interpreter
+from harness.bench.model import firmware_ops, open_interpreter
 data = open(sys.argv[1], 'rb').read()
 x = np.load(sys.argv[2])
 ref = open_interpreter(data)

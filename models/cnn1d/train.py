@@ -9,7 +9,7 @@ split of DS1+DS2, for comparison with papers that use it; its model is not writt
     /work/venv-train/bin/python models/cnn1d/train.py --mitdb ../shared/mitdb --out models/cnn1d
     /work/venv-train/bin/python models/cnn1d/train.py --smoke          # CI: bundled records, one epoch
 
-The input window comes from harness.data (the same function the harness uses to feed the board).
+The input window comes from harness.bench.data (the same function the harness uses to feed the board).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from models import training  # noqa: E402  (sets TF env vars before TensorFlow i
 
 import numpy as np  # noqa: E402
 
-from harness import data  # noqa: E402
+from harness.bench import data  # noqa: E402
 
 NAME = "cnn1d_beat"
 # 748 samples at 360 Hz ≈ 2.08 s centred on the R peak: the previous and next R peaks normally fall

@@ -29,7 +29,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # run as a script from anywhere in the repository
 
-from harness.model import _schema  # noqa: E402 - the schema module tflite-micro ships
+from harness.bench.model import _schema  # noqa: E402 - the schema module tflite-micro ships
 
 S = _schema()
 INT8, INT32 = S.TensorType.INT8, S.TensorType.INT32

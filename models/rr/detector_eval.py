@@ -1,12 +1,12 @@
 """rr_beat with R peaks a device would have: wfdb's XQRS detector instead of the annotated R peaks.
 
 The committed rr_beat model (registry entry, INT8 file) is run on DS2 with every window and every rhythm
-feature computed from the detector's R peaks (harness.data.beat_windows on a copy of the record whose
+feature computed from the detector's R peaks (harness.bench.data.beat_windows on a copy of the record whose
 R peaks are the detections). Detections are matched to the annotated beats within 150 ms (AAMI EC57's
 tolerance, wfdb.processing.compare_annotations); a matched detection takes the annotated beat's label,
 an unmatched detection (false positive) is counted with what the model called it, and an annotated beat
 with no detection (missed) is counted as not classified: the per-class Se below count missed beats as
-misses, not as absent. INT8 outputs come from harness.reference.TFLiteReference (the bench's reference,
+misses, not as absent. INT8 outputs come from harness.bench.reference.TFLiteReference (the bench's reference,
 bit-exact with the board). No TensorFlow needed:
 
     python models/rr/detector_eval.py --mitdb ../shared/mitdb --out models/rr/detector.json
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 import numpy as np  # noqa: E402
 
-from harness import data  # noqa: E402
-from harness.model import load_registry  # noqa: E402
-from harness.reference import TFLiteReference  # noqa: E402
+from harness.bench import data  # noqa: E402
+from harness.bench.model import load_registry  # noqa: E402
+from harness.bench.reference import TFLiteReference  # noqa: E402
 
 TOLERANCE_S = 0.150
 

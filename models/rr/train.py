@@ -1,7 +1,7 @@
 """Recipe of rr_beat: a small 1D CNN on one beat's morphology plus causal RR-interval features, 5 AAMI classes.
 
 The input is one INT8 tensor: 90 samples of MLII at 90 Hz around the R peak (0.4 s before, 0.6 s after,
-beat z-score) followed by the 6 rhythm values of harness.data.rhythm_features (pre-RR, post-RR, local mean
+beat z-score) followed by the 6 rhythm values of harness.bench.data.rhythm_features (pre-RR, post-RR, local mean
 RR of the last 10 beats, and each over the running mean RR of the record so far). The model slices the two
 apart (STRIDED_SLICE), runs a conv stack on the morphology and a dense layer on the rhythm, adds the two
 embeddings and classifies. The registry window says `rhythm: rr`, so the bench sends the board exactly
@@ -31,7 +31,7 @@ from models import training  # noqa: E402  (sets TF env vars before TensorFlow i
 
 import numpy as np  # noqa: E402
 
-from harness import data  # noqa: E402
+from harness.bench import data  # noqa: E402
 
 NAME = "rr_beat"
 SPEC = data.WindowSpec(before=144, after=216, channel=0, decimate=4, normalize="beat_zscore", rhythm="rr")
@@ -118,7 +118,7 @@ def run(keras, train: training.BeatSet, test: training.BeatSet, power: float, ca
                "class_weights": {CLASSES[k]: round(v, 3) for k, v in weights.items()}, "epochs": epochs,
                "final_train_loss": round(loss, 4), "fit_seconds_host_wall": round(fit_seconds, 1),
                "float": float_eval, "int8": int8_eval,
-               "int8_source": "harness.reference.TFLiteReference (tflite-runtime BUILTIN_REF), inputs via harness.data.quantize",
+               "int8_source": "harness.bench.reference.TFLiteReference (tflite-runtime BUILTIN_REF), inputs via harness.bench.data.quantize",
                "steps": training.step_costs({"float": float_eval, "int8": int8_eval}, [("int8_pp", "float", "int8")]),
                "sha256": training.sha256s(float=float_tflite, int8=int8_tflite)}
     return {"figures": figures, "model": model, "float_tflite": float_tflite, "int8_tflite": int8_tflite}

@@ -27,7 +27,7 @@ from models import training  # noqa: E402  (sets TF env vars before TensorFlow i
 import numpy as np  # noqa: E402
 
 import reparam  # noqa: E402
-from harness import data  # noqa: E402
+from harness.bench import data  # noqa: E402
 
 NAME = "tcn_beat"
 # 1330 samples at 360 Hz (3.7 s) centred on the R peak, block means of 2 → 665 samples at 180 Hz. The
@@ -155,7 +155,7 @@ def evaluate(files: dict, float_model, test: training.BeatSet, tcn_beats: int, s
         "outputs_compared": int(diff.size)}
     res["int8_vs_float_after_qat_argmax_agreement"] = round(float((s_raw.argmax(1) == f_scores.argmax(1)).mean()), 5)
     res["host_timing_tflite_builtin_ref"] = {
-        "source": "host wall time; INT8: harness.reference.TFLiteReference (tflite-runtime BUILTIN_REF, batched), float: tf.lite BUILTIN_REF one beat per invoke",
+        "source": "host wall time; INT8: harness.bench.reference.TFLiteReference (tflite-runtime BUILTIN_REF, batched), float: tf.lite BUILTIN_REF one beat per invoke",
         "strided_int8_us_per_beat": round(1e6 * s_time / len(test.x), 1),
         "tcn_int8_us_per_beat": round(1e6 * t_time / max(1, len(idx)), 1),
         "strided_float": f_timing}
@@ -250,12 +250,12 @@ def main(argv=None) -> int:
 
 
 def _harness_macs(files: dict) -> dict | str:
-    """harness.costmodel.count_macs of each INT8 file (needs tflite-runtime, absent from some train venvs)."""
+    """harness.bench.costmodel.count_macs of each INT8 file (needs tflite-runtime, absent from some train venvs)."""
     try:
-        from harness.costmodel import count_macs
+        from harness.bench.costmodel import count_macs
         return {k: count_macs(v) for k, v in files.items() if k.endswith("int8")}
     except Exception as exc:  # noqa: BLE001 — the static counts above still hold
-        return f"not computed here ({type(exc).__name__}); run harness.costmodel.count_macs in the runtime venv"
+        return f"not computed here ({type(exc).__name__}); run harness.bench.costmodel.count_macs in the runtime venv"
 
 
 def _need_qat_packages() -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.profiles import load_profile
-from harness.protocol import (
+from harness.boards.profiles import load_profile
+from harness.link.protocol import (
     MAX_PAYLOAD,
     Frame,
     FrameDecoder,
@@ -27,7 +27,7 @@ from harness.protocol import (
     model_chunk,
     parse_chunk_ack,
 )
-from harness.transport import open_link
+from harness.link.transport import open_link
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 # The model every INFER/DUMP rule runs: small, and only ops every port of the firmware has.
@@ -160,7 +160,7 @@ def dut(request, tmp_path_factory):
     baud = config.getoption("--baud", default=None)
     board = None
     if port is None:
-        from harness.virtual import VirtualBoard
+        from harness.boards.virtual import VirtualBoard
 
         board = VirtualBoard(store_dir=tmp_path_factory.mktemp("conformance-store"))
         url = board.start()
@@ -169,7 +169,7 @@ def dut(request, tmp_path_factory):
     else:
         profile = load_profile(config.getoption("--target", default=None) or "esp32")
         if port == "auto":  # the first port whose chip answers esptool as the profile's (as the bench does)
-            from harness.flash import autodetect_port
+            from harness.boards.flash import autodetect_port
 
             port = autodetect_port(profile.chip)
         url = port

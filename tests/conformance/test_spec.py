@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cobs import cobs
 
-from harness.protocol import (
+from harness.link.protocol import (
     DUMP_HEADER_BYTES,
     NAK_SEQ,
     DeviceError,
@@ -475,7 +475,7 @@ def test_s5_9_a_model_with_a_short_constant_buffer_is_refused(loaded, tmp_path):
     interpreter reads past it."""
     import flatbuffers
 
-    from harness.flatbuf import schema
+    from harness.bench.flatbuf import schema
 
     fb = schema()
     model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(loaded.model, 0))
@@ -508,7 +508,7 @@ def _optional(dut, answer: Frame, what: str) -> None:
 def test_s12_op_profile_times_every_op_in_execution_order(loaded):
     """§12: OP_TIMES with the request's seq; ops in execution order with known builtin codes; their cycles
     sum to at most invoke_cycles (timing_source 0); a wrong input size is BAD_INPUT_SIZE."""
-    from harness.protocol import OpTimes
+    from harness.link.protocol import OpTimes
 
     answer = loaded.request(MsgType.OP_PROFILE, loaded.input(), seconds=5.0)
     _optional(loaded, answer, "OP_PROFILE")
@@ -524,7 +524,7 @@ def test_s12_op_profile_times_every_op_in_execution_order(loaded):
 
 def test_s13_stats_reports_the_arena_as_hello_does(loaded):
     """§13: STATS_ACK is 32 bytes; arena_size equals HELLO_ACK's, arena_used the loaded model's."""
-    from harness.protocol import Health
+    from harness.link.protocol import Health
 
     answer = loaded.request(MsgType.STATS)
     _optional(loaded, answer, "STATS")

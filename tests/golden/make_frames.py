@@ -1,5 +1,5 @@
 """Writes tests/golden/frames.txt and rejects.txt: the golden wire vectors both protocol implementations
-(harness/protocol.py and the C core) are tested on.
+(harness/link/protocol.py and the C core) are tested on.
 
 frames.txt holds valid frames: `name type seq payload_hex wire_hex`; names starting with `accept_` are
 decode-only (a wire form receivers must accept but encoders do not produce). rejects.txt holds candidates
@@ -7,7 +7,7 @@ a receiver must drop, and the NAK reason a device answers them with: `name nak_r
 
 Run once when the protocol changes (`python tests/golden/make_frames.py`); the output is committed. It
 builds frames from the spec with independent parts (the `cobs` package and zlib), not with
-harness/protocol.py or the C core, so a shared misreading of the spec shows up as a failing test.
+harness/link/protocol.py or the C core, so a shared misreading of the spec shows up as a failing test.
 """
 
 import hashlib
