@@ -252,8 +252,8 @@ def run_tflite(tflite: bytes, x: np.ndarray) -> tuple[np.ndarray, dict]:
 
 _FIGURES_SCRIPT = """
 import json, sys
-from harness import costmodel, model
-from harness import tflm_probe as probe
+from harness.bench import costmodel, model
+from harness.bench import tflm_probe as probe
 data = open(sys.argv[1], 'rb').read()
 report = probe.probe(data, int(sys.argv[2]), model.firmware_ops())
 print(json.dumps({'macs': costmodel.count_macs(data), 'probe': report}))
